@@ -1,0 +1,37 @@
+# The one place that knows how to set things up and run them. Every target creates (once) and reuses .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Machines without an NVIDIA GPU get the CPU build of torch; with a GPU, pip resolves torch from PyPI (CUDA build).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_CPU := torch==2.13.0
+SAMPLE ?= sample
+SHARDS ?= shards
+
+.PHONY: venv demo test lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_GPU),)
+	$(BIN)/pip install --disable-pip-version-check $(TORCH_CPU)
+endif
+	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/preprocess make-sample --out $(SAMPLE) --overwrite
+	$(BIN)/preprocess build-shards --src $(SAMPLE) --out $(SHARDS) --shard-size 128 --overwrite
+	$(BIN)/preprocess verify $(SHARDS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(SAMPLE) .pytest_cache
+	find $(SHARDS) -mindepth 1 ! -name README.md -delete

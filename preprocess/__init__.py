@@ -1,0 +1,1 @@
+"""Offline preparation of ImageNet-layout folders into WebDataset shards plus train statistics."""

@@ -1,0 +1,220 @@
+"""Finds the images and labels of an ImageNet-style source tree (local path or fsspec URL).
+
+Supported layouts (`--layout auto` picks the one present and refuses to guess between two):
+- ``imagenet``: ``src/train/<wnid>/*`` and ``src/val/<wnid>/*``, or a flat ``src/val/`` plus
+  ``--val-labels FILE`` (lines ``<file name> <wnid>``);
+- ``kaggle``: the Kaggle download, ``src/ILSVRC/Data/CLS-LOC/{train/<wnid>/,val/}``,
+  ``src/LOC_val_solution.csv`` (the class is the first token of PredictionString) and
+  ``src/LOC_synset_mapping.txt`` (class names).
+
+Class index = position of the wnid in the sorted list of train class folders (torchvision's convention),
+whatever the number of classes. Hidden entries (``.DS_Store``, ``._*``) are OS metadata and ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from dataclasses import dataclass
+from functools import cached_property
+
+import fsspec
+
+__all__ = ["LayoutError", "SourceItem", "SourceDataset", "discover", "LAYOUTS"]
+
+LAYOUTS = ("auto", "imagenet", "kaggle")
+KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
+KAGGLE_VAL_SOLUTION = "LOC_val_solution.csv"
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+
+
+class LayoutError(ValueError):
+    """The source tree is not one of the supported layouts, or its labels are inconsistent."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    path: str  # as the source filesystem names it
+    relpath: str  # relative to the source root, recorded in each sample's metadata
+    wnid: str
+
+
+@dataclass(frozen=True)
+class SourceDataset:
+    layout: str
+    wnids: tuple[str, ...]  # sorted; the class index is the position here
+    names: dict[str, str]  # wnid -> human-readable name (the wnid itself when none is known)
+    splits: dict[str, list[SourceItem]]  # split -> items sorted by path
+
+    @cached_property
+    def label(self) -> dict[str, int]:
+        """wnid -> class index."""
+        return {w: i for i, w in enumerate(self.wnids)}
+
+    def classes(self) -> list[dict]:
+        return [{"index": i, "wnid": w, "name": self.names.get(w, w)} for i, w in enumerate(self.wnids)]
+
+
+def _visible(path: str) -> bool:
+    return not posixpath.basename(path.rstrip("/")).startswith(".")
+
+
+def _listdir(fs, path: str) -> tuple[list[str], list[str]]:
+    """(subdirectories, files) of `path`, hidden entries left out, both sorted."""
+    dirs, files = [], []
+    for entry in fs.ls(path, detail=True):
+        name = entry["name"].rstrip("/")
+        if not _visible(name):
+            continue
+        (dirs if entry["type"] == "directory" else files).append(name)
+    return sorted(dirs), sorted(files)
+
+
+def _relative(root: str, path: str) -> str:
+    return posixpath.relpath(path, root)
+
+
+def _class_folders(fs, root: str, split_dir: str) -> dict[str, list[SourceItem]]:
+    dirs, stray = _listdir(fs, split_dir)
+    if not dirs:
+        raise LayoutError(f"{split_dir} holds no class folders (expected <wnid>/ subfolders)")
+    if stray:
+        raise LayoutError(f"{split_dir} holds files beside its class folders: {[posixpath.basename(p) for p in stray[:5]]}")
+    by_class, empty = {}, []
+    for d in dirs:
+        subdirs, files = _listdir(fs, d)
+        if subdirs:
+            raise LayoutError(f"class folder {d} holds subfolders: {[posixpath.basename(p) for p in subdirs[:5]]}")
+        if not files:
+            empty.append(posixpath.basename(d))
+        wnid = posixpath.basename(d)
+        by_class[wnid] = [SourceItem(f, _relative(root, f), wnid) for f in files]
+    if empty:
+        raise LayoutError(f"empty class folders in {split_dir}: {empty}")
+    return by_class
+
+
+def _read_text(fs, path: str) -> str:
+    with fs.open(path, "rb") as f:
+        return f.read().decode("utf-8")
+
+
+def _parse_labels_file(fs, path: str) -> dict[str, str]:
+    """Lines ``<file name> <wnid>`` -> {file stem: wnid}."""
+    labels = {}
+    for lineno, line in enumerate(_read_text(fs, path).splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise LayoutError(f"{path}:{lineno}: expected '<file name> <wnid>', got {line!r}")
+        labels[_stem(parts[0])] = parts[1]
+    return labels
+
+
+def _parse_kaggle_solution(fs, path: str) -> dict[str, str]:
+    labels = {}
+    reader = csv.reader(io.StringIO(_read_text(fs, path)))
+    header = next(reader, None)
+    if header != ["ImageId", "PredictionString"]:
+        raise LayoutError(f"{path}: expected header 'ImageId,PredictionString', got {header}")
+    for lineno, row in enumerate(reader, 2):
+        if len(row) != 2 or not row[1].split():
+            raise LayoutError(f"{path}:{lineno}: malformed row {row}")
+        tokens = row[1].split()
+        wnids = set(tokens[::5])  # groups of (wnid, xmin, ymin, xmax, ymax)
+        if len(wnids) != 1:
+            raise LayoutError(f"{path}:{lineno}: boxes of {row[0]} disagree on the class: {sorted(wnids)}")
+        labels[row[0]] = tokens[0]
+    return labels
+
+
+def _parse_names(fs, path: str) -> dict[str, str]:
+    names = {}
+    for line in _read_text(fs, path).splitlines():
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            names[wnid] = name.strip() or wnid
+    return names
+
+
+def _stem(name: str) -> str:
+    base = posixpath.basename(name)
+    return base[: base.rfind(".")] if "." in base else base
+
+
+def _flat_val(fs, root: str, val_dir: str, labels: dict[str, str], labels_path: str) -> list[SourceItem]:
+    subdirs, files = _listdir(fs, val_dir)
+    if subdirs:
+        raise LayoutError(f"{val_dir} mixes class folders and flat files; expected one or the other")
+    by_stem = {_stem(f): f for f in files}
+    unlabelled = sorted(set(by_stem) - set(labels))
+    missing = sorted(set(labels) - set(by_stem))
+    if unlabelled or missing:
+        raise LayoutError(
+            f"{labels_path} and {val_dir} disagree: {len(unlabelled)} images without a label "
+            f"(e.g. {unlabelled[:3]}), {len(missing)} labels without an image (e.g. {missing[:3]})"
+        )
+    return [SourceItem(by_stem[s], _relative(root, by_stem[s]), labels[s]) for s in sorted(by_stem)]
+
+
+def _detect(fs, root: str) -> str:
+    present = [
+        name
+        for name, marker in (("imagenet", "train"), ("kaggle", KAGGLE_DATA + "/train"))
+        if fs.isdir(posixpath.join(root, marker))
+    ]
+    if len(present) == 1:
+        return present[0]
+    if not present:
+        raise LayoutError(
+            f"{root} is not an ImageNet layout: expected train/<wnid>/ (with val/) or the Kaggle "
+            f"{KAGGLE_DATA}/train/<wnid>/; pass --layout to say which"
+        )
+    raise LayoutError(f"{root} matches several layouts {present}; pass --layout to choose one")
+
+
+def discover(src: str, *, layout: str = "auto", val_labels: str | None = None, class_names: str | None = None):
+    """Lists every input image with its class.
+
+    Raises:
+        LayoutError: an unknown or ambiguous layout, empty class folders, val classes unknown to train,
+            or a labels file that disagrees with the images.
+    """
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    fs, root = fsspec.core.url_to_fs(src)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise LayoutError(f"source {src!r} is not a directory")
+    if layout == "auto":
+        layout = _detect(fs, root)
+    base = root if layout == "imagenet" else posixpath.join(root, KAGGLE_DATA)
+    train_dir, val_dir = posixpath.join(base, "train"), posixpath.join(base, "val")
+    if not fs.isdir(train_dir):
+        raise LayoutError(f"{layout} layout needs {train_dir}/<wnid>/")
+    train = _class_folders(fs, root, train_dir)
+    wnids = tuple(sorted(train))
+
+    val: list[SourceItem] = []
+    if layout == "kaggle":
+        solution = posixpath.join(root, KAGGLE_VAL_SOLUTION)
+        if not fs.exists(solution):
+            raise LayoutError(f"kaggle layout needs {solution}")
+        val = _flat_val(fs, root, val_dir, _parse_kaggle_solution(fs, solution), solution)
+    elif val_labels is not None:
+        val = _flat_val(fs, root, val_dir, _parse_labels_file(fs, val_labels), val_labels)
+    elif fs.isdir(val_dir):
+        subdirs, files = _listdir(fs, val_dir)
+        if files and not subdirs:
+            raise LayoutError(f"{val_dir} is flat: pass --val-labels FILE (lines '<file name> <wnid>')")
+        val = [item for items in _class_folders(fs, root, val_dir).values() for item in items]
+    unknown = sorted({item.wnid for item in val} - set(wnids))
+    if unknown:
+        raise LayoutError(f"val labels name classes that have no train folder: {unknown[:10]}")
+
+    names_path = class_names or posixpath.join(root, SYNSET_MAPPING)
+    names = _parse_names(fs, names_path) if class_names or fs.exists(names_path) else {}
+    splits = {"train": sorted((i for items in train.values() for i in items), key=lambda i: i.path), "val": val}
+    return SourceDataset(layout=layout, wnids=wnids, names=names, splits=splits)

@@ -1,0 +1,89 @@
+"""The build's destination: a local directory or any fsspec URL, where files appear only when complete.
+
+Every file is first written to a local staging path. On a local destination the staging file sits in the
+destination directory (`.tmp-<name>`), is fsynced and renamed: an atomic step on one filesystem. On a
+remote destination it is uploaded with one `put_file`; object stores make an object visible only once its
+upload is complete, so a reader never sees half a shard either way.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.contract import MANIFEST_NAME, SPLITS
+
+__all__ = ["OutputDir", "OutputExistsError"]
+
+
+class OutputExistsError(FileExistsError):
+    """The destination already holds (part of) a build and --overwrite was not given."""
+
+
+class OutputDir:
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self._staging_root = None if self.is_local else tempfile.mkdtemp(prefix="build-shards-")
+
+    def __repr__(self) -> str:
+        return f"OutputDir({self.url!r})"
+
+    def path(self, relpath: str) -> str:
+        return posixpath.join(self.root, relpath)
+
+    def existing_build_files(self) -> list[str]:
+        """Files of an earlier build (finished or not) that a new build would replace."""
+        found = []
+        if self.fs.exists(self.path(MANIFEST_NAME)):
+            found.append(MANIFEST_NAME)
+        for split in SPLITS:
+            if self.fs.isdir(self.path(split)):
+                found += [posixpath.join(split, posixpath.basename(p)) for p in self.fs.ls(self.path(split), detail=False)]
+        return found
+
+    def clear(self) -> None:
+        """Removes an earlier build: the manifest first, so a crash here leaves no build that looks finished."""
+        if self.fs.exists(self.path(MANIFEST_NAME)):
+            self.fs.rm(self.path(MANIFEST_NAME))
+        for split in SPLITS:
+            if self.fs.isdir(self.path(split)):
+                self.fs.rm(self.path(split), recursive=True)
+
+    def staging_path(self, relpath: str) -> str:
+        """A local path to write `relpath` to before `publish`."""
+        if self.is_local:
+            directory, name = posixpath.split(self.path(relpath))
+            os.makedirs(directory, exist_ok=True)
+            return posixpath.join(directory, f".tmp-{name}")
+        path = os.path.join(self._staging_root, relpath)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def publish(self, staging: str, relpath: str) -> None:
+        """Makes the complete file at `staging` appear as `relpath`, in one step."""
+        final = self.path(relpath)
+        if self.is_local:
+            with open(staging, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(staging, final)
+        else:
+            self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+            self.fs.put_file(staging, final)
+            os.remove(staging)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        staging = self.staging_path(relpath)
+        with open(staging, "wb") as f:
+            f.write(data)
+        self.publish(staging, relpath)
+
+    def close(self) -> None:
+        if self._staging_root is not None:
+            shutil.rmtree(self._staging_root, ignore_errors=True)

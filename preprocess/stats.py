@@ -1,0 +1,94 @@
+"""Train-split pixel statistics from exact integer sums, so that any split of the work merges to the same result.
+
+Per image we add the uint8 pixels to a per-pixel sum (the paper's mean image), and to per-channel sums and
+channel cross-products (the RGB covariance for PCA lighting). All sums are integers: merging the partial
+sums of any number of workers in any order gives bit-identical statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.contract import Stats
+
+__all__ = ["PixelSums", "finalize"]
+
+
+@dataclass
+class PixelSums:
+    """Mergeable integer sums over uint8 RGB images of one size."""
+
+    size: int
+    count: int = 0
+    image_sum: np.ndarray | None = None  # int64 [size, size, 3]
+    channel_sum: np.ndarray | None = None  # int64 [3]
+    cross_sum: np.ndarray | None = None  # int64 [3, 3], sum of x x^T over pixels
+
+    def __post_init__(self):
+        if self.image_sum is None:
+            self.image_sum = np.zeros((self.size, self.size, 3), np.int64)
+            self.channel_sum = np.zeros(3, np.int64)
+            self.cross_sum = np.zeros((3, 3), np.int64)
+
+    def add(self, pixels: np.ndarray) -> None:
+        if pixels.shape != (self.size, self.size, 3) or pixels.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {(self.size, self.size, 3)}, got {pixels.dtype} {pixels.shape}")
+        self.image_sum += pixels
+        flat = pixels.reshape(-1, 3).astype(np.float64)
+        self.channel_sum += flat.sum(axis=0).astype(np.int64)
+        self.cross_sum += (flat.T @ flat).astype(np.int64)  # BLAS, yet exact: every entry < size**2 * 255**2 << 2**53
+        self.count += 1
+
+    def merge(self, other: PixelSums) -> None:
+        if other.size != self.size:
+            raise ValueError(f"cannot merge sums of size {other.size} into size {self.size}")
+        self.count += other.count
+        self.image_sum += other.image_sum
+        self.channel_sum += other.channel_sum
+        self.cross_sum += other.cross_sum
+
+    def pack(self) -> tuple:
+        """A compact picklable form for shipping between processes (the image sum fits uint32 per chunk)."""
+        assert self.count < 2**24, "pack() is meant for per-chunk sums"
+        return (self.size, self.count, self.image_sum.astype(np.uint32), self.channel_sum, self.cross_sum)
+
+    @classmethod
+    def unpack(cls, packed: tuple) -> PixelSums:
+        size, count, image_sum, channel_sum, cross_sum = packed
+        return cls(size, count, image_sum.astype(np.int64), channel_sum, cross_sum)
+
+
+def finalize(sums: PixelSums) -> tuple[Stats, np.ndarray]:
+    """Statistics in [0, 1] pixel units and the float32 mean image.
+
+    The covariance is the unbiased sample covariance of all train pixels (divisor N - 1, like np.cov and
+    scikit-learn's PCA), computed from the exact integer sums with Python integers so nothing cancels.
+    """
+    if sums.count == 0:
+        raise ValueError("no train images were written: statistics need at least one")
+    n = sums.count * sums.size * sums.size  # pixels per channel
+    s = [int(v) for v in sums.channel_sum]
+    cross = [[int(v) for v in row] for row in sums.cross_sum]
+    scale = 255.0**2
+    covariance = np.array([[(cross[i][j] * n - s[i] * s[j]) / (n * (n - 1)) / scale for j in range(3)] for i in range(3)])
+    eigval, eigvec = np.linalg.eigh(covariance)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    # An eigenvector's sign is arbitrary; fix it (largest component positive) so builds are reproducible.
+    signs = np.sign(eigvec[np.argmax(np.abs(eigvec), axis=0), range(3)])
+    eigvec = eigvec * signs
+    mean = np.array(s, dtype=np.float64) / n / 255.0
+    stats = Stats(
+        mean=tuple(mean.tolist()),
+        std=tuple(np.sqrt(np.diag(covariance)).tolist()),
+        covariance=tuple(map(tuple, covariance.tolist())),
+        eigval=tuple(np.maximum(eigval, 0.0).tolist()),
+        eigvec=tuple(map(tuple, eigvec.tolist())),
+        count=sums.count,
+        pixels=n,
+        image_size=sums.size,
+    )
+    mean_image = (sums.image_sum / (sums.count * 255.0)).astype(np.float32)
+    return stats, mean_image

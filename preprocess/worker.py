@@ -1,0 +1,76 @@
+"""What one worker process does with one chunk of inputs: read, decode, resize, crop, encode, sum.
+
+Workers return encoded JPEGs (tens of KB) and integer sums, never decoded or float arrays, so the
+parent only concatenates bytes into tars and adds integers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from pipeline.contract import CLASS_EXT, IMAGE_EXT, LABEL_EXT, META_EXT, encode_label, sample_key
+from preprocess.image import SkipImage, decode_resize_crop, encode_jpeg
+from preprocess.stats import PixelSums
+
+__all__ = ["ChunkTask", "ChunkResult", "init_worker", "process_chunk"]
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    split: str
+    shard: int
+    last_in_shard: bool
+    items: tuple[tuple[int, str, str, str, int], ...]  # (position, path, relpath, wnid, label)
+    with_stats: bool
+
+
+@dataclass
+class ChunkResult:
+    task: ChunkTask
+    samples: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    conversions: dict[str, int] = field(default_factory=dict)
+    sums: tuple | None = None  # PixelSums.pack()
+
+
+_STATE: dict = {}
+
+
+def init_worker(fs, size: int, quality: int, max_pixels: int) -> None:
+    """Pool initializer: the source filesystem and the build's image settings, once per process."""
+    _STATE.update(fs=fs, size=size, quality=quality, max_pixels=max_pixels)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return _STATE["fs"].cat_file(path)
+    except OSError as e:
+        raise SkipImage("unreadable", f"{type(e).__name__}: {e}") from e
+
+
+def process_chunk(task: ChunkTask) -> ChunkResult:
+    size, quality = _STATE["size"], _STATE["quality"]
+    result = ChunkResult(task)
+    sums = PixelSums(size) if task.with_stats else None
+    for position, path, relpath, wnid, label in task.items:
+        # -> bytes -> uint8 [size, size, 3] -> JPEG bytes
+        try:
+            decoded = decode_resize_crop(_read(path), size=size, name=path, max_pixels=_STATE["max_pixels"])
+        except SkipImage as e:
+            result.skipped.append({"split": task.split, "path": relpath, "reason": e.reason, "detail": e.detail})
+            continue
+        for name in decoded.conversions:
+            result.conversions[name] = result.conversions.get(name, 0) + 1
+        if sums is not None:
+            sums.add(decoded.pixels)
+        meta = {"src": relpath, "wnid": wnid, "label": label, "original_size": list(decoded.original_size)}
+        members = {
+            CLASS_EXT: str(label).encode("ascii"),
+            IMAGE_EXT: encode_jpeg(decoded.pixels, quality),
+            META_EXT: json.dumps(meta, sort_keys=True).encode("utf-8"),
+            LABEL_EXT: encode_label(label),
+        }
+        result.samples.append((sample_key(position), members))
+    result.sums = sums.pack() if sums is not None else None
+    return result

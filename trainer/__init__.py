@@ -1,0 +1,1 @@
+"""DistributedDataParallel AlexNet training on the `pipeline` loader (`torchrun trainer/main.py`)."""
