@@ -1,0 +1,120 @@
+"""Source layouts, labels and class order."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import tiny_sample_config, write
+from preprocess.layout import LayoutError, discover
+from preprocess.sample import make_sample, sample_wnid
+
+
+def sample(tmp_path, layout: str):
+    make_sample(tiny_sample_config(tmp_path / layout, layout=layout, large_images=0, train_per_class=2))
+    return tmp_path / layout
+
+
+def expected_val(dataset) -> dict[str, str]:
+    """File stem -> wnid, from the names make-sample gives val files (class number in the name)."""
+    return {os.path.basename(i.path).split(".")[0]: i.wnid for i in dataset.splits["val"]}
+
+
+@pytest.mark.parametrize("layout", ["imagenet", "kaggle", "flat-val"])
+def test_each_layout_finds_every_image_with_its_class(tmp_path, layout):
+    src = sample(tmp_path, layout)
+    labels = str(src / "val_labels.txt") if layout == "flat-val" else None
+    dataset = discover(str(src), val_labels=labels)
+    assert dataset.layout == ("kaggle" if layout == "kaggle" else "imagenet")
+    assert dataset.wnids == tuple(sample_wnid(c) for c in range(3))
+    assert len(dataset.splits["train"]) == 3 * 2 and len(dataset.splits["val"]) == 3 * 3
+    for item in dataset.splits["train"]:
+        assert os.path.basename(os.path.dirname(item.path)) == item.wnid
+    for stem, wnid in expected_val(dataset).items():  # make-sample names val files ILSVRC2012_val_<class:03d><i:05d>
+        assert wnid == sample_wnid(int(stem[len("ILSVRC2012_val_") :][:3]))
+    assert dataset.names[sample_wnid(1)] == "synthetic class 1"
+
+
+def test_class_index_is_sorted_wnid_order_for_any_number_of_classes(tmp_path):
+    for wnid in ["n03000000", "n01000000", "n02000000", "n00000007"]:
+        write(tmp_path / "train" / wnid / "a.JPEG", b"x")
+    dataset = discover(str(tmp_path))
+    assert dataset.wnids == ("n00000007", "n01000000", "n02000000", "n03000000")
+    assert dataset.label == {"n00000007": 0, "n01000000": 1, "n02000000": 2, "n03000000": 3}
+    assert dataset.splits["val"] == []
+
+
+def test_kaggle_label_is_first_token_and_names_come_from_the_mapping(tmp_path):
+    src = sample(tmp_path, "kaggle")
+    csv = (src / "LOC_val_solution.csv").read_text().splitlines()
+    assert csv[1].count(" ") == 9  # two boxes per image in the fixture
+    dataset = discover(str(src))
+    assert dataset.classes()[2] == {"index": 2, "wnid": sample_wnid(2), "name": "synthetic class 2"}
+
+
+def test_kaggle_boxes_that_disagree_are_an_error(tmp_path):
+    src = sample(tmp_path, "kaggle")
+    lines = (src / "LOC_val_solution.csv").read_text().splitlines()
+    image, boxes = lines[1].split(",")
+    first = boxes.split()[0]
+    other = sample_wnid(1) if first != sample_wnid(1) else sample_wnid(2)
+    lines[1] = f"{image},{first} 1 2 3 4 {other} 1 2 3 4"
+    (src / "LOC_val_solution.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(LayoutError, match=r"LOC_val_solution.csv:2: boxes of .* disagree"):
+        discover(str(src))
+
+
+def test_labels_and_images_that_do_not_match_are_counted(tmp_path):
+    src = sample(tmp_path, "flat-val")
+    labels = src / "val_labels.txt"
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join(rows[1:] + ["ghost.JPEG n90000000"]) + "\n")
+    with pytest.raises(LayoutError, match=r"1 images without a label .* 1 labels without an image"):
+        discover(str(src), val_labels=str(labels))
+
+
+def test_flat_val_without_labels_asks_for_them(tmp_path):
+    src = sample(tmp_path, "flat-val")
+    with pytest.raises(LayoutError, match="--val-labels"):
+        discover(str(src))
+
+
+def test_ambiguous_and_unknown_layouts_ask_for_layout(tmp_path):
+    src = sample(tmp_path, "kaggle")
+    write(src / "train" / "n90000000" / "a.JPEG", b"x")
+    with pytest.raises(LayoutError, match="matches several layouts.*--layout"):
+        discover(str(src))
+    assert discover(str(src), layout="kaggle").layout == "kaggle"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="not an ImageNet layout.*--layout"):
+        discover(str(tmp_path / "empty"))
+
+
+def test_empty_class_folders_are_listed(tmp_path):
+    write(tmp_path / "train" / "n01" / "a.JPEG", b"x")
+    (tmp_path / "train" / "n02").mkdir()
+    (tmp_path / "train" / "n03").mkdir()
+    with pytest.raises(LayoutError, match=r"empty class folders .*\['n02', 'n03'\]"):
+        discover(str(tmp_path))
+
+
+def test_val_class_unknown_to_train_is_an_error(tmp_path):
+    write(tmp_path / "train" / "n01" / "a.JPEG", b"x")
+    write(tmp_path / "val" / "n99" / "b.JPEG", b"x")
+    with pytest.raises(LayoutError, match="no train folder.*n99"):
+        discover(str(tmp_path))
+
+
+def test_hidden_files_are_ignored(tmp_path):
+    write(tmp_path / "train" / "n01" / "a.JPEG", b"x")
+    write(tmp_path / "train" / "n01" / ".DS_Store", b"x")
+    write(tmp_path / "train" / ".DS_Store", b"x")
+    dataset = discover(str(tmp_path))
+    assert [os.path.basename(i.path) for i in dataset.splits["train"]] == ["a.JPEG"]
+
+
+def test_fsspec_url_source(tmp_path):
+    src = sample(tmp_path, "imagenet")
+    dataset = discover(f"file://{src}")
+    assert len(dataset.splits["train"]) == 6 and len(dataset.splits["val"]) == 9
