@@ -36,9 +36,14 @@ class PixelSums:
         if pixels.shape != (self.size, self.size, 3) or pixels.dtype != np.uint8:
             raise ValueError(f"expected uint8 {(self.size, self.size, 3)}, got {pixels.dtype} {pixels.shape}")
         self.image_sum += pixels
-        flat = pixels.reshape(-1, 3).astype(np.float64)
-        self.channel_sum += flat.sum(axis=0).astype(np.int64)
-        self.cross_sum += (flat.T @ flat).astype(np.int64)  # BLAS, yet exact: every entry < size**2 * 255**2 << 2**53
+        channels = pixels.reshape(-1, 3).T.astype(np.uint16)  # [3, pixels]; 255 * 255 fits uint16
+        product = np.empty(channels.shape[1], np.uint16)
+        for i in range(3):
+            self.channel_sum[i] += int(channels[i].sum(dtype=np.uint64))
+            for j in range(i, 3):
+                # Integer products summed in uint64: exact, and faster than a float64 matmul here.
+                np.multiply(channels[i], channels[j], out=product)
+                self.cross_sum[i, j] = self.cross_sum[j, i] = self.cross_sum[i, j] + int(product.sum(dtype=np.uint64))
         self.count += 1
 
     def merge(self, other: PixelSums) -> None:
