@@ -39,6 +39,9 @@ _STATE: dict = {}
 
 def init_worker(fs, size: int, quality: int, max_pixels: int) -> None:
     """Pool initializer: the source filesystem and the build's image settings, once per process."""
+    import torch
+
+    torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
     _STATE.update(fs=fs, size=size, quality=quality, max_pixels=max_pixels)
 
 
