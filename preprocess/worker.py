@@ -37,11 +37,12 @@ class ChunkResult:
 _STATE: dict = {}
 
 
-def init_worker(fs, size: int, quality: int, max_pixels: int) -> None:
+def init_worker(fs, size: int, quality: int, max_pixels: int, own_process: bool = True) -> None:
     """Pool initializer: the source filesystem and the build's image settings, once per process."""
-    import torch
+    if own_process:
+        import torch
 
-    torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
+        torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
     _STATE.update(fs=fs, size=size, quality=quality, max_pixels=max_pixels)
 
 
