@@ -9,7 +9,7 @@ TORCH_CPU := torch==2.13.0
 SAMPLE ?= sample
 SHARDS ?= shards
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test bench lint clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/preprocess_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -194,7 +194,7 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
             skipped += result.skipped
             conversions.update(result.conversions)
             if result.sums is not None:
-                sums.merge(PixelSums.unpack(result.sums))
+                sums.merge(result.sums)
     except BaseException:
         assembler.abort()
         out.close()

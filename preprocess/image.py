@@ -124,6 +124,17 @@ def _resize_crop(pixels: np.ndarray, original_size: tuple[int, int], size: int) 
     return resize_region(pixels, (x0 * fx, y0 * fy, x1 * fx, y1 * fy), size)
 
 
+def dct_factor(width: int, height: int, size: int) -> int:
+    """The largest of 8, 4, 2, 1 by which the image can shrink in the DCT domain and keep its short side >= size.
+
+    Only powers of two: libjpeg-turbo's other factors (3/8, 6/8, ...) decode slower than full size.
+    """
+    for factor in (8, 4, 2):
+        if min(width, height) // factor >= size:
+            return factor
+    return 1
+
+
 def _decode_plain_jpeg(data: bytes, size: int, max_pixels: int) -> Decoded | None:
     """The fast path for YCbCr/greyscale JPEGs; None means "let Pillow handle it"."""
     try:
@@ -134,10 +145,10 @@ def _decode_plain_jpeg(data: bytes, size: int, max_pixels: int) -> Decoded | Non
         return None
     if width * height > max_pixels:
         raise SkipImage("too_large", f"{width}x{height} pixels is more than --max-pixels {max_pixels}")
-    scale = size / min(width, height)
+    factor = dct_factor(width, height, size)
     try:
         pixels = simplejpeg.decode_jpeg(
-            data, "RGB", min_width=math.ceil(width * scale), min_height=math.ceil(height * scale)
+            data, "RGB", min_width=math.ceil(width / factor), min_height=math.ceil(height / factor)
         )
     except ValueError:  # strict mode refuses even recoverable damage: Pillow decides
         return None
@@ -150,9 +161,8 @@ def _decode_with_pillow(data: bytes, size: int, max_pixels: int) -> Decoded:
     original_size = img.size
     try:
         if img.format == "JPEG":
-            # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the short side >= size.
-            scale = size / min(img.size)
-            img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+            factor = dct_factor(img.width, img.height, size)
+            img.draft(img.mode, (math.ceil(img.width / factor), math.ceil(img.height / factor)))
         img.load()
     except (OSError, SyntaxError, ValueError) as e:  # Pillow raises OSError("image file is truncated ...")
         reason = "truncated" if "truncated" in str(e) or "broken data stream" in str(e) else "undecodable"

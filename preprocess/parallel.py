@@ -16,17 +16,24 @@ __all__ = ["run_chunks"]
 def run_chunks(tasks: list[ChunkTask], cfg) -> Iterator[ChunkResult]:
     """Yields one result per task, in order, however many workers run them.
 
-    Workers are spawned, not forked: a forked copy of a parent that holds threads (fsspec's async loop
-    for s3fs, tqdm's monitor) can deadlock.
+    Workers are forked where the platform can (as torch's DataLoader does): they start at once with the
+    parent's imports (torch takes seconds to import), and fsspec resets its async lock after a fork. The
+    parent runs no torch operation before forking, so no OpenMP pool is copied mid-use. With one worker
+    everything runs in this process: no start-up cost, and easy to debug.
     """
     fs, _ = fsspec.core.url_to_fs(cfg.src)
     total = sum(len(t.items) for t in tasks)
-    bar = tqdm(total=total, unit="img", desc="build-shards", disable=not cfg.progress, smoothing=0.1)
-    context = mp.get_context("spawn")
-    with (
-        bar,
-        context.Pool(cfg.workers, initializer=init_worker, initargs=(fs, cfg.size, cfg.quality, cfg.max_pixels)) as pool,
-    ):
-        for result in pool.imap(process_chunk, tasks, chunksize=1):
-            bar.update(len(result.task.items))
-            yield result
+    settings = (fs, cfg.size, cfg.quality, cfg.max_pixels)
+    with tqdm(total=total, unit="img", desc="build-shards", disable=not cfg.progress, smoothing=0.1) as bar:
+        if cfg.workers == 1:
+            init_worker(*settings, own_process=False)
+            results = map(process_chunk, tasks)
+            for result in results:
+                bar.update(len(result.task.items))
+                yield result
+            return
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with context.Pool(cfg.workers, initializer=init_worker, initargs=settings) as pool:
+            for result in pool.imap(process_chunk, tasks, chunksize=1):
+                bar.update(len(result.task.items))
+                yield result

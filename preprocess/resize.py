@@ -21,9 +21,12 @@ def resize_region(pixels: np.ndarray, box: tuple[float, float, float, float], si
     height, width = pixels.shape[:2]
     x0, x1 = _bounds(box[0], box[2], width)
     y0, y1 = _bounds(box[1], box[3], height)
-    region = torch.from_numpy(pixels[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)  # [1, 3, h, w], channels-last memory
-    out = F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+    # [1, 3, h, w] in dense channels-last memory: the layout torch's vectorised uint8 kernel needs (a strided
+    # view of the crop would take the generic path, at half the speed).
+    region = np.ascontiguousarray(pixels[y0:y1, x0:x1])
+    tensor = torch.from_numpy(region).permute(2, 0, 1).unsqueeze(0)
+    out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0).numpy()  # channels-last in, channels-last out: already HWC-contiguous
 
 
 def _bounds(start: float, stop: float, limit: int) -> tuple[int, int]:

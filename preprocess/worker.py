@@ -31,7 +31,7 @@ class ChunkResult:
     samples: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     conversions: dict[str, int] = field(default_factory=dict)
-    sums: tuple | None = None  # PixelSums.pack()
+    sums: PixelSums | None = None
 
 
 _STATE: dict = {}
@@ -76,5 +76,5 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
             LABEL_EXT: encode_label(label),
         }
         result.samples.append((sample_key(position), members))
-    result.sums = sums.pack() if sums is not None else None
+    result.sums = sums
     return result
