@@ -35,17 +35,22 @@ def main(verbose: bool) -> None:
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, help="Larger images are skipped as too_large.")
 @click.option("--limit", type=int, default=None, help="Only the first N inputs of each split (smoke runs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build at --out.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted build: rebuild only missing or damaged shards.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_shards_command(no_progress: bool, **options) -> None:
     """Resize, center-crop and shard an ImageNet tree; compute the train mean image and RGB PCA."""
-    from preprocess.build import BuildConfig, TooManySkipped, build_shards
+    from preprocess.build import BuildAlreadyFinished, BuildConfig, TooManySkipped, build_shards
     from preprocess.layout import LayoutError
+    from preprocess.lock import BuildLocked
     from preprocess.output import OutputExistsError
 
-    cfg = BuildConfig(**options, progress=not no_progress)
     try:
+        cfg = BuildConfig(**options, progress=not no_progress)
         report = build_shards(cfg)
-    except (LayoutError, OutputExistsError) as e:
+    except BuildAlreadyFinished as e:
+        click.echo(str(e))
+        return
+    except (LayoutError, OutputExistsError, BuildLocked, ValueError) as e:
         raise click.ClickException(str(e)) from e
     except TooManySkipped as e:
         click.echo(str(e), err=True)

@@ -43,7 +43,7 @@ class OutputDir:
         found = []
         if self.fs.exists(self.path(MANIFEST_NAME)):
             found.append(MANIFEST_NAME)
-        for split in SPLITS:
+        for split in (*SPLITS, ".parts"):
             if self.fs.isdir(self.path(split)):
                 found += [posixpath.join(split, posixpath.basename(p)) for p in self.fs.ls(self.path(split), detail=False)]
         return found
@@ -52,9 +52,9 @@ class OutputDir:
         """Removes an earlier build: the manifest first, so a crash here leaves no build that looks finished."""
         if self.fs.exists(self.path(MANIFEST_NAME)):
             self.fs.rm(self.path(MANIFEST_NAME))
-        for split in SPLITS:
-            if self.fs.isdir(self.path(split)):
-                self.fs.rm(self.path(split), recursive=True)
+        for name in (*SPLITS, ".parts"):
+            if self.fs.isdir(self.path(name)):
+                self.fs.rm(self.path(name), recursive=True)
 
     def staging_path(self, relpath: str) -> str:
         """A local path to write `relpath` to before `publish`."""

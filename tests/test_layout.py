@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from PIL import Image
 
 from helpers import tiny_sample_config, write
 from preprocess.layout import LayoutError, discover
@@ -118,3 +119,16 @@ def test_fsspec_url_source(tmp_path):
     src = sample(tmp_path, "imagenet")
     dataset = discover(f"file://{src}")
     assert len(dataset.splits["train"]) == 6 and len(dataset.splits["val"]) == 9
+
+
+def test_make_sample_is_deterministic_for_a_seed(tmp_path):
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    trees = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        make_sample(tiny_sample_config(tmp_path / name, seed=seed, large_images=0, train_per_class=2))
+        trees.append(files(tmp_path / name))
+    assert trees[0] == trees[1] and trees[0] != trees[2]
+    sizes = {Image.open(tmp_path / "a" / p).size for p in trees[0] if str(p).endswith(".JPEG")}
+    assert len(sizes) > 5  # varied sizes and aspect ratios
