@@ -8,10 +8,12 @@ upload is complete, so a reader never sees half a shard either way.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import shutil
 import tempfile
+import time
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -19,6 +21,25 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.contract import MANIFEST_NAME, SPLITS
 
 __all__ = ["OutputDir", "OutputExistsError"]
+
+log = logging.getLogger(__name__)
+
+
+RETRIES = 4  # attempts after the first, with exponential backoff
+BACKOFF_SECONDS = 0.5
+
+
+def _with_retries(upload, what: str) -> None:
+    """Retries an upload that failed with a (possibly transient) OSError; an upload is all-or-nothing."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return upload()
+        except OSError as e:
+            if attempt == RETRIES:
+                raise OSError(f"uploading {what} failed {RETRIES + 1} times; last error: {e}") from e
+            delay = BACKOFF_SECONDS * 2**attempt
+            log.warning("uploading %s failed (%s); retrying in %.1f s", what, e, delay)
+            time.sleep(delay)
 
 
 class OutputExistsError(FileExistsError):
@@ -75,7 +96,7 @@ class OutputDir:
             os.replace(staging, final)
         else:
             self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-            self.fs.put_file(staging, final)
+            _with_retries(lambda: self.fs.put_file(staging, final), final)
             os.remove(staging)
 
     def write_bytes(self, relpath: str, data: bytes) -> None:

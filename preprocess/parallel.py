@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Iterator
 
-import fsspec
 from tqdm import tqdm
 
 from preprocess.worker import ChunkResult, ChunkTask, init_worker, process_chunk
@@ -21,9 +20,8 @@ def run_chunks(tasks: list[ChunkTask], cfg) -> Iterator[ChunkResult]:
     parent runs no torch operation before forking, so no OpenMP pool is copied mid-use. With one worker
     everything runs in this process: no start-up cost, and easy to debug.
     """
-    fs, _ = fsspec.core.url_to_fs(cfg.src)
     total = sum(len(t.items) for t in tasks)
-    settings = (fs, cfg.size, cfg.quality, cfg.max_pixels)
+    settings = (cfg.src, cfg.size, cfg.quality, cfg.max_pixels)
     with tqdm(total=total, unit="img", desc="build-shards", disable=not cfg.progress, smoothing=0.1) as bar:
         if cfg.workers == 1:
             init_worker(*settings, own_process=False)

@@ -37,8 +37,14 @@ class ChunkResult:
 _STATE: dict = {}
 
 
-def init_worker(fs, size: int, quality: int, max_pixels: int, own_process: bool = True) -> None:
-    """Pool initializer: the source filesystem and the build's image settings, once per process."""
+def init_worker(src: str, size: int, quality: int, max_pixels: int, own_process: bool = True) -> None:
+    """Pool initializer: the source filesystem and the build's image settings, once per process.
+
+    The filesystem is made here, in the worker: an async one (s3fs) inherited through fork is unusable.
+    """
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(src)
     if own_process:
         import torch
 
