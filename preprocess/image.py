@@ -46,7 +46,7 @@ _EXTENSION_FORMATS = {".jpeg": "JPEG", ".jpg": "JPEG", ".png": "PNG", ".gif": "G
 class SkipImage(Exception):
     """An input that cannot become a sample; `reason` is one of the counted skip reasons."""
 
-    REASONS = ("empty", "truncated", "undecodable", "too_large", "unreadable")
+    REASONS = ("empty", "truncated", "undecodable", "too_large", "unreadable", "outside_source")
 
     def __init__(self, reason: str, detail: str):
         assert reason in self.REASONS, reason

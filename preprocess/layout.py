@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,6 +28,7 @@ LAYOUTS = ("auto", "imagenet", "kaggle")
 KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
 KAGGLE_VAL_SOLUTION = "LOC_val_solution.csv"
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
+WNID = re.compile(r"n\d{8}")
 
 
 class LayoutError(ValueError):
@@ -92,7 +94,15 @@ def _class_folders(fs, root: str, split_dir: str) -> dict[str, list[SourceItem]]
         by_class[wnid] = [SourceItem(f, _relative(root, f), wnid) for f in files]
     if empty:
         raise LayoutError(f"empty class folders in {split_dir}: {empty}")
+    _check_wnid_names(split_dir, list(by_class))
     return by_class
+
+
+def _check_wnid_names(split_dir: str, names: list[str]) -> None:
+    """Class folders are wnids (n01440764) or free names, not a mix: a mix means a stray folder (n0000_tmp/)."""
+    odd = [n for n in names if not WNID.fullmatch(n)]
+    if odd and len(odd) < len(names):
+        raise LayoutError(f"{split_dir}: folders that are not wnids beside wnid class folders: {odd[:10]}")
 
 
 def _read_text(fs, path: str) -> str:

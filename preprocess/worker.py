@@ -7,6 +7,7 @@ parent only concatenates bytes into tars and adds integers.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from pipeline.contract import CLASS_EXT, IMAGE_EXT, LABEL_EXT, META_EXT, encode_label, sample_key
@@ -43,16 +44,21 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, own_process:
     The filesystem is made here, in the worker: an async one (s3fs) inherited through fork is unusable.
     """
     import fsspec
+    from fsspec.implementations.local import LocalFileSystem
 
-    fs, _ = fsspec.core.url_to_fs(src)
+    fs, root = fsspec.core.url_to_fs(src)
+    local_root = os.path.join(os.path.realpath(root), "") if isinstance(fs, LocalFileSystem) else None
     if own_process:
         import torch
 
         torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
-    _STATE.update(fs=fs, size=size, quality=quality, max_pixels=max_pixels)
+    _STATE.update(fs=fs, local_root=local_root, size=size, quality=quality, max_pixels=max_pixels)
 
 
 def _read(path: str) -> bytes:
+    root = _STATE["local_root"]
+    if root is not None and not os.path.realpath(path).startswith(root):
+        raise SkipImage("outside_source", f"a link to {os.path.realpath(path)}, outside the source tree")
     try:
         return _STATE["fs"].cat_file(path)
     except OSError as e:

@@ -208,3 +208,17 @@ def test_fsspec_destination_and_source_urls(tiny_source):
     assert not [p for p in fs.find("/builds/tiny") if ".tmp" in p]
     assert verify_build(out) == ([], 3)
     fs.rm("/builds/tiny", recursive=True)
+
+
+def test_odd_file_names_and_links_outside_the_source(tmp_path):
+    """Dots, spaces and non-ASCII in names are fine (keys are positions); a link out of the tree is skipped."""
+    src = tmp_path / "src"
+    make_sample(tiny_sample_config(src, classes=2, large_images=0, train_per_class=2, val_per_class=1))
+    photo = jpeg_bytes(np.full((300, 280, 3), 120, np.uint8))
+    write(src / "train/n90000000/a.b.c name ü.JPEG", photo)
+    write(tmp_path / "outside.JPEG", photo)
+    os.symlink(tmp_path / "outside.JPEG", src / "train/n90000001/link.JPEG")
+    report = build_shards(quick_build_config(src, tmp_path / "out"))
+    assert [(s["path"], s["reason"]) for s in report.skipped] == [("train/n90000001/link.JPEG", "outside_source")]
+    sources = {json.loads(m["json"])["src"]: key for key, m in all_samples(tmp_path / "out", "train").items()}
+    assert "train/n90000000/a.b.c name ü.JPEG" in sources and "." not in sources["train/n90000000/a.b.c name ü.JPEG"]

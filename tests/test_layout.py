@@ -132,3 +132,13 @@ def test_make_sample_is_deterministic_for_a_seed(tmp_path):
     assert trees[0] == trees[1] and trees[0] != trees[2]
     sizes = {Image.open(tmp_path / "a" / p).size for p in trees[0] if str(p).endswith(".JPEG")}
     assert len(sizes) > 5  # varied sizes and aspect ratios
+
+
+def test_a_stray_folder_beside_wnid_folders_is_listed(tmp_path):
+    for name in ("n01000000", "n02000000", "n0000_tmp"):
+        write(tmp_path / "train" / name / "a.JPEG", b"x")
+    with pytest.raises(LayoutError, match=r"not wnids beside wnid class folders: \['n0000_tmp'\]"):
+        discover(str(tmp_path))
+    for name in ("cat", "dog"):  # free class names are fine when none is a wnid
+        write(tmp_path / "other" / "train" / name / "a.jpg", b"x")
+    assert discover(str(tmp_path / "other")).wnids == ("cat", "dog")
