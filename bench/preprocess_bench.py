@@ -133,7 +133,7 @@ def main() -> None:
                 [(p, dataset.label[i.wnid]) for p, i in zip(paths, items, strict=True)], f"{tmp}/base", args.workers
             )
         )
-        cfg = BuildConfig(src=chosen, out=f"{tmp}/ours", workers=args.workers, progress=False)
+        cfg = BuildConfig(src=chosen, out=f"{tmp}/ours", workers=args.workers, progress=False, follow_links=True)
         ours_s = timed(lambda: build_shards(cfg))
         mean_psnr, min_psnr = psnr_against_baseline(f"{tmp}/ours", f"{tmp}/base", relpaths)
 

@@ -64,6 +64,7 @@ class BuildConfig:
     seed: int = 0
     max_skipped: int = 10
     max_pixels: int = DEFAULT_MAX_PIXELS
+    follow_links: bool = False  # read links that lead out of the source tree (symlink farms of subsets)
     limit: int | None = None  # per split, for smoke runs
     overwrite: bool = False
     resume: bool = False
@@ -131,7 +132,8 @@ class ShardPlan:
 
 
 def _plan(dataset: SourceDataset, cfg: BuildConfig) -> list[ShardPlan]:
-    settings = {"size": cfg.size, "quality": cfg.quality, "max_pixels": cfg.max_pixels, "format": FORMAT_VERSION}
+    settings = {"size": cfg.size, "quality": cfg.quality, "max_pixels": cfg.max_pixels, "follow_links": cfg.follow_links,
+                "format": FORMAT_VERSION}  # fmt: skip
     plans = []
     for split_number, split in enumerate(SPLITS):
         items = dataset.splits.get(split, [])

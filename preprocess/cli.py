@@ -33,6 +33,7 @@ def main(verbose: bool) -> None:
 @click.option("--seed", default=0, help="Seed of the global shuffle: same seed, same bytes.")
 @click.option("--max-skipped", default=10, help="More skipped inputs than this fail the build (after the report).")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, help="Larger images are skipped as too_large.")
+@click.option("--follow-links", is_flag=True, help="Read links that lead out of --src (else: skipped).")
 @click.option("--limit", type=int, default=None, help="Only the first N inputs of each split (smoke runs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build at --out.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted build: rebuild only missing or damaged shards.")

@@ -21,7 +21,7 @@ def run_chunks(tasks: list[ChunkTask], cfg) -> Iterator[ChunkResult]:
     everything runs in this process: no start-up cost, and easy to debug.
     """
     total = sum(len(t.items) for t in tasks)
-    settings = (cfg.src, cfg.size, cfg.quality, cfg.max_pixels)
+    settings = (cfg.src, cfg.size, cfg.quality, cfg.max_pixels, cfg.follow_links)
     with tqdm(total=total, unit="img", desc="build-shards", disable=not cfg.progress, smoothing=0.1) as bar:
         if cfg.workers == 1:
             init_worker(*settings, own_process=False)

@@ -38,7 +38,7 @@ class ChunkResult:
 _STATE: dict = {}
 
 
-def init_worker(src: str, size: int, quality: int, max_pixels: int, own_process: bool = True) -> None:
+def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links: bool, own_process: bool = True) -> None:
     """Pool initializer: the source filesystem and the build's image settings, once per process.
 
     The filesystem is made here, in the worker: an async one (s3fs) inherited through fork is unusable.
@@ -47,7 +47,8 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, own_process:
     from fsspec.implementations.local import LocalFileSystem
 
     fs, root = fsspec.core.url_to_fs(src)
-    local_root = os.path.join(os.path.realpath(root), "") if isinstance(fs, LocalFileSystem) else None
+    confined = isinstance(fs, LocalFileSystem) and not follow_links
+    local_root = os.path.join(os.path.realpath(root), "") if confined else None
     if own_process:
         import torch
 
@@ -58,7 +59,9 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, own_process:
 def _read(path: str) -> bytes:
     root = _STATE["local_root"]
     if root is not None and not os.path.realpath(path).startswith(root):
-        raise SkipImage("outside_source", f"a link to {os.path.realpath(path)}, outside the source tree")
+        raise SkipImage(
+            "outside_source", f"a link to {os.path.realpath(path)}, outside the source tree (--follow-links reads it)"
+        )
     try:
         return _STATE["fs"].cat_file(path)
     except OSError as e:

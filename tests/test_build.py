@@ -222,3 +222,14 @@ def test_odd_file_names_and_links_outside_the_source(tmp_path):
     assert [(s["path"], s["reason"]) for s in report.skipped] == [("train/n90000001/link.JPEG", "outside_source")]
     sources = {json.loads(m["json"])["src"]: key for key, m in all_samples(tmp_path / "out", "train").items()}
     assert "train/n90000000/a.b.c name ü.JPEG" in sources and "." not in sources["train/n90000000/a.b.c name ü.JPEG"]
+
+
+def test_follow_links_reads_a_symlink_farm(tmp_path):
+    src = tmp_path / "src"
+    make_sample(tiny_sample_config(tmp_path / "real", classes=2, large_images=0, train_per_class=2, val_per_class=1))
+    for path in (tmp_path / "real").rglob("*.JPEG"):
+        link = src / path.relative_to(tmp_path / "real")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    report = build_shards(quick_build_config(src, tmp_path / "out", follow_links=True))
+    assert report.written == {"train": 4, "val": 2} and not report.skipped
