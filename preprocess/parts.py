@@ -57,7 +57,7 @@ class ShardPart:
         }
         arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
         if self.sums is not None:
-            arrays.update(image_sum=self.sums.image_sum, channel_sum=self.sums.channel_sum, cross_sum=self.sums.cross_sum)
+            arrays.update(image_sum=self.sums.image_sum, cross_sum=self.sums.cross_sum)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         out.write_bytes(self.relpath, buf.getvalue())
@@ -71,7 +71,7 @@ class ShardPart:
                 meta = json.loads(npz["meta"].tobytes())
                 sums = None
                 if meta["size"] is not None:
-                    sums = PixelSums(meta["size"], meta["count"], npz["image_sum"], npz["channel_sum"], npz["cross_sum"])
+                    sums = PixelSums(meta["size"], meta["count"], npz["image_sum"], npz["cross_sum"])
         except (OSError, ValueError, KeyError):
             return None
         shard = ShardInfo(**meta["shard"]) if meta["shard"] else None

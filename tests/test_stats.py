@@ -86,3 +86,15 @@ def test_a_single_grey_image_has_zero_covariance_and_no_nan():
 def test_no_train_images_is_a_clear_error():
     with pytest.raises(ValueError, match="no train images"):
         finalize(PixelSums(8))
+
+
+@pytest.mark.parametrize("size", [256, 227, 16])
+def test_cross_products_are_exact_for_any_size(size):
+    """The float32 block path (pixel counts divisible by 256) and the integer path agree with exact integers."""
+    from preprocess.stats import _cross_products
+
+    pixels = np.full((size, size, 3), 255, np.uint8)  # the worst case for float32 rounding
+    pixels[::3, :, 1] = 254
+    exact = pixels.reshape(-1, 3).astype(object)
+    expected = np.array([[sum(exact[:, i] * exact[:, j]) for j in range(3)] for i in range(3)], dtype=np.int64)
+    np.testing.assert_array_equal(_cross_products(pixels), expected)
