@@ -82,6 +82,11 @@ class ImageNetLoader:
         return self.plan.yielded_samples
 
     @property
+    def num_classes(self) -> int | None:
+        """Classes listed in manifest.json (None for foreign shards, which do not say)."""
+        return self.shards.manifest.num_classes if self.shards.manifest is not None else None
+
+    @property
     def dataset_size(self) -> int:
         """Samples in the split, over all ranks."""
         return self.plan.samples
