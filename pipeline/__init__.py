@@ -3,7 +3,7 @@
 Heavy imports (DALI, torch) happen on first use of the loader, not at `import pipeline`.
 """
 
-__all__ = ["ImageNetLoader"]
+__all__ = ["ImageNetLoader", "LoaderError", "NoShardsError", "ShardError"]
 
 
 def __getattr__(name):
@@ -11,4 +11,8 @@ def __getattr__(name):
         from pipeline.loader import ImageNetLoader
 
         return ImageNetLoader
+    if name in ("LoaderError", "NoShardsError", "ShardError"):
+        from pipeline import errors
+
+        return getattr(errors, name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from dataclasses import asdict, fields
 
 import torch
 
 from pipeline.config import LoaderConfig
 from pipeline.diagnose import explain_failure
-from pipeline.errors import LoaderError
+from pipeline.errors import LoaderError, ShardError
 from pipeline.graph import READER_NAME, build_pipeline
 from pipeline.normalize import load_normalization
 from pipeline.output import parse_class_labels, to_torch
@@ -81,6 +82,11 @@ class ImageNetLoader:
         return self.plan.yielded_samples
 
     @property
+    def num_classes(self) -> int | None:
+        """Classes listed in manifest.json (None for foreign shards, which do not say)."""
+        return self.shards.manifest.num_classes if self.shards.manifest is not None else None
+
+    @property
     def dataset_size(self) -> int:
         """Samples in the split, over all ranks."""
         return self.plan.samples
@@ -141,10 +147,6 @@ class ImageNetLoader:
 
     def _check_sizes(self) -> None:
         """A truncated or rewritten shard fails here, before DALI reads it (cheap: one stat per shard)."""
-        import os
-
-        from pipeline.errors import ShardError
-
         for path, size in zip(self.shards.paths, self.shards.sizes, strict=True):
             if size is not None and os.path.getsize(path) != size:
                 shard = self.shards.origin_of(path)
@@ -174,6 +176,8 @@ class ImageNetLoader:
             "rank": self.dist.rank,
             "world_size": self.dist.world_size,
             "seed": self.config.seed,
+            "split": self.config.split,
+            "batch_size": self.config.batch_size,
             "dali": base64.b64encode(checkpoint).decode("ascii"),
         }
 
@@ -187,10 +191,12 @@ class ImageNetLoader:
             if len(mine) != 1:
                 raise ValueError(f"loader states hold {len(mine)} entries for rank {self.dist.rank}, expected 1")
             state = mine[0]
-        expected = (_STATE_VERSION, self.dist.rank, self.dist.world_size, self.config.seed)
-        found = (state.get("version"), state.get("rank"), state.get("world_size"), state.get("seed"))
+        names = ("version", "rank", "world_size", "seed", "split", "batch_size")
+        expected = (_STATE_VERSION, self.dist.rank, self.dist.world_size, self.config.seed, self.config.split,
+                    self.config.batch_size)  # fmt: skip
+        found = tuple(state.get(name) for name in names)
         if found != expected:
-            raise ValueError(f"loader state for (version, rank, world_size, seed) = {found}, this loader is {expected}")
+            raise ValueError(f"loader state for {names} = {found}, but this loader is {expected}")
         checkpoint = base64.b64decode(state["dali"])
         self._pipe = self._build(checkpoint=checkpoint)
         self.epoch, self._batch, self._reader_batch = state["epoch"], state["batch"], state["reader_batch"]

@@ -168,3 +168,19 @@ def test_ten_crops_are_the_corners_the_center_and_their_mirrors(coded_build, nor
         normalized = (reference_image(label) - subtract) / divide
         expected = [window(normalized, y, x, 227, flip) for flip in (False, True) for y, x in starts]
         np.testing.assert_allclose(crops, np.stack(expected), atol=TOLERANCE / np.min(divide))
+
+
+def test_random_resized_crops_subtract_the_same_resized_mean_window(coded_build):
+    """The mean image's red and green channels are linear in x and y, so image - mean is a known linear function
+    of the image wherever the mean got the image's window, resize and flip. The random draws do not depend on
+    the normalisation, so the same seed gives the same windows in both modes."""
+    options = dict(split="train", crop="random_resized", crop_size=96, seed=11)
+    plain = make(coded_build, **options, **identity_norm())
+    centered = make(coded_build, **options)
+    for (image, label), (result, same_label) in zip(collect(plain, 1), collect(centered, 1), strict=True):
+        assert label == same_label
+        mean_window = image - result  # what was subtracted
+        inner = (slice(2, -2), slice(2, -2))  # resize borders clamp differently
+        # tolerances: JPEG error and the rounding of the resized uint8 image, times the mean's slope
+        np.testing.assert_allclose(mean_window[0][inner], (76.5 + 0.2 * 255 / 256 * image[0])[inner], atol=1.0)
+        np.testing.assert_allclose(mean_window[1][inner], (51.0 + 0.3 * 255 / 256 * image[1])[inner], atol=1.5)

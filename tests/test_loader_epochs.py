@@ -17,7 +17,7 @@ def loader(build, **options) -> ImageNetLoader:
 
 def test_train_epoch_yields_every_sample_once_and_len_counts_batches(coded_build):
     train = loader(coded_build, split="train", batch_size=8)
-    assert len(train) == 5
+    assert len(train) == 5 and train.num_classes == 2000 and train.dataset_size == 40
     labels = epoch_labels(train)
     assert sorted(labels) == sorted(coded_build.labels["train"])
     images, batch_labels = next(iter(train))
@@ -129,3 +129,19 @@ def test_batches_stay_valid_after_later_batches(coded_build):
     copies = [(i.clone(), y.clone()) for i, y in loader(coded_build, split="train", batch_size=8, seed=9)]
     for (a, la), (b, lb) in zip(kept, copies, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_resume_from_an_epoch_boundary_and_state_checks(coded_build, tmp_path):
+    options = dict(split="train", batch_size=8, seed=6, lighting_std=0.1)
+    straight = loader(coded_build, **options)
+    epoch_labels(straight)
+    state = straight.state_dict()
+    assert (state["epoch"], state["batch"]) == (1, 0)
+    torch.save(state, tmp_path / "loader.pt")
+    resumed = loader(coded_build, **options)
+    resumed.load_state_dict(torch.load(tmp_path / "loader.pt", weights_only=True))
+    assert epoch_labels(resumed) == epoch_labels(straight)
+    with pytest.raises(ValueError, match="batch_size"):
+        loader(coded_build, **{**options, "batch_size": 4}).load_state_dict(state)
+    with pytest.raises(ValueError, match="rank 1"):
+        loader(coded_build, **options, rank=1, world_size=2).load_state_dict([state])

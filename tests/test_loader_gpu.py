@@ -8,9 +8,35 @@ from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 
 from pipeline import ImageNetLoader
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+MODES = [
+    dict(split="train"),
+    dict(split="train", crop="random_resized", dtype="float16"),
+    dict(split="train", normalization="channel", channels_last=True),
+    dict(split="val"),
+    dict(split="val", ten_crop=True),
+    dict(split="val", ten_crop=True, normalization="channel"),
+]
 
 
+@pytest.mark.parametrize("options", MODES)
+def test_the_gpu_graph_is_defined_for_every_mode(coded_build, options):
+    """Runs without a GPU: DALI checks operator placement (GPU data into CPU-only arguments, and so on) while the
+    graph is defined; only building it needs CUDA. This keeps the GPU path from rotting on CPU-only CI."""
+    from pipeline.config import LoaderConfig
+    from pipeline.graph import build_pipeline
+    from pipeline.normalize import load_normalization
+    from pipeline.sharding import DistInfo
+    from pipeline.sources import find_shards
+
+    cfg = LoaderConfig(device="gpu", **options)
+    shards = find_shards(coded_build.root, cfg.split)
+    pipe = build_pipeline(shards, cfg, load_normalization(coded_build.root, cfg, True), DistInfo())
+    assert pipe.device_id == 0
+
+
+@needs_gpu
 @pytest.mark.parametrize("options", [dict(), dict(ten_crop=True), dict(normalization="channel", dtype="float16")])
 def test_gpu_val_matches_cpu_val(coded_build, options):
     outputs = {}
@@ -22,6 +48,7 @@ def test_gpu_val_matches_cpu_val(coded_build, options):
         assert (a - b).abs().mean() < 1.0  # nvJPEG and libjpeg-turbo differ by a level here and there
 
 
+@needs_gpu
 def test_gpu_train_batches_live_on_the_gpu_and_resume(coded_build):
     options = dict(split="train", batch_size=8, device="gpu", num_threads=2, seed=2)
     loader = ImageNetLoader(coded_build.root, **options)
