@@ -35,7 +35,8 @@ def make_loader(cfg: TrainConfig, info: DistInfo, split: str, *, ten_crop: bool 
         seed=cfg.seed,
         rank=info.rank,
         world_size=info.world_size,
-        dtype=loader_dtype(cfg, info),
+        local_rank=info.local_rank,
+        dtype=str(loader_dtype(cfg, info)).removeprefix("torch."),  # the loader takes "float32", "bfloat16", ...
         channels_last=cfg.channels_last,
         ten_crop=ten_crop,
     )

@@ -53,8 +53,22 @@ def setup(device: str) -> DistInfo:
         # Ranks on one machine share its cores: without this each one starts a thread per core and they thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     if world_size > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        _init_process_group("nccl" if device == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank, local_world_size, device_name)
+
+
+def _init_process_group(backend: str) -> None:
+    """init_process_group on torchrun's store, under a key prefix per restart attempt.
+
+    torchrun (torch >= 2.5) shares its rendezvous TCPStore with the workers, and the store outlives a restart:
+    without a prefix, restarted workers can read the previous attempt's gloo/NCCL addresses and fail to
+    connect (pytorch/pytorch#135712). All workers of a node are restarted together, so TORCHELASTIC_RESTART_COUNT
+    is the same for all of them.
+    """
+    store, rank, world_size = next(tdist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = tdist.PrefixStore(f"trainer/attempt-{attempt}", store)
+    tdist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
 
 
 def teardown(info: DistInfo) -> None:

@@ -75,15 +75,20 @@ def train_one_epoch(
     progress: Progress,
     on_step: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
-    """Trains until the loader is exhausted (or ctx.max_steps); returns this epoch's train averages."""
+    """Trains until the loader is exhausted (or ctx.max_steps); returns this epoch's train averages.
+
+    "complete" in the result says whether the loader finished the epoch (False when --max-steps stopped it).
+    """
     model.train()
     device = ctx.info.device
+    steps_per_epoch = len(loader)
     zeros = lambda: torch.zeros(5, dtype=torch.float64, device=device)  # noqa: E731 loss, top1, top5, n, steps
     interval, epoch_sums = zeros(), zeros()
     preds = torch.zeros(ctx.num_classes, dtype=torch.float64, device=device)
     wait = interval_wait = 0.0
     epoch_start = interval_start = time.perf_counter()
     interval_images = 0
+    complete = True  # False when --max-steps stops the epoch before the loader is exhausted
     for data_wait, (images, labels) in timed(loader):
         images, labels = _prepare(images, labels, device, ctx.channels_last)
         with autocast(device, ctx.amp_dtype):
@@ -113,7 +118,10 @@ def train_one_epoch(
             preds.zero_()
         if on_step is not None:
             on_step(progress)
-        if ctx.max_steps and progress.step >= ctx.max_steps:
+        # Stop early for --max-steps, but never on an epoch's last batch: the loader must see the epoch end, so
+        # that its saved state points at the next epoch rather than at an exhausted one.
+        if ctx.max_steps and progress.step >= ctx.max_steps and progress.step % steps_per_epoch:
+            complete = False
             break
     epoch_sums += interval
     dist.all_reduce_sum(ctx.info, epoch_sums)
@@ -128,6 +136,7 @@ def train_one_epoch(
         "data_wait_frac": wait / max(elapsed, 1e-9),
         "steps": steps_here,
         "epoch_time": elapsed,
+        "complete": complete,
     }
 
 

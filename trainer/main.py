@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, info: DistInfo) -> dict:
         if detector.fired > fired_before:
             metrics.write({"kind": "event", "event": "chance", "epoch": epoch, "step": progress.step,
                            **detector.last, "time": time.time()})
-        complete = progress.step == (epoch + 1) * steps_per_epoch
+        complete = train_stats.pop("complete")
         if complete:
             schedule.step_epoch(1.0 - val["top1"])
             progress.epoch = epoch + 1

@@ -104,6 +104,5 @@ def restore(objs: TrainObjects, state: dict[str, Any], info: DistInfo) -> None:
         log.warning("checkpoint was written with world size %s, this run has %d: RNG and loader positions are "
                     "reset, so results will differ from an uninterrupted run", state.get("world_size"), info.world_size)
         restore_rng(state["rng"][0])
-        objs.train_loader.load_state_dict(state["loader"][0])
     if torch.cuda.is_available() and info.device.startswith("cuda"):
         torch.cuda.synchronize()
