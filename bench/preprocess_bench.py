@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("src", nargs="?", help="ImageNet-layout tree (default: generated photos)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=600, help="images to use")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best time of each contender counts")
     args = parser.parse_args()
 
     src = args.src
@@ -122,19 +123,21 @@ def main() -> None:
     for p in paths:  # warm the page cache for every contender alike
         open(p, "rb").read()
     n = len(paths)
-    print(f"{n} images from {src}, {args.workers} workers, {os.cpu_count()} cores")
+    print(f"{n} images from {src}, {args.workers} workers, {os.cpu_count()} cores, best of {args.rounds} rounds")
 
+    labelled = [(p, dataset.label[i.wnid]) for p, i in zip(paths, items, strict=True)]
+    limit_s = base_s = ours_s = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         chosen = link_tree(items, f"{tmp}/src")  # both builds read exactly these files
-        with Pool(args.workers) as pool:
-            limit_s = timed(lambda: pool.map(decode_only, paths, chunksize=16))
-        base_s = timed(
-            lambda: baseline_build(
-                [(p, dataset.label[i.wnid]) for p, i in zip(paths, items, strict=True)], f"{tmp}/base", args.workers
+        # Interleaved rounds, best of each: a burst of other load on the machine hits one round, not one contender.
+        for _ in range(args.rounds):
+            with Pool(args.workers) as pool:
+                limit_s = min(limit_s, timed(lambda: pool.map(decode_only, paths, chunksize=16)))
+            base_s = min(base_s, timed(lambda: baseline_build(labelled, f"{tmp}/base", args.workers)))
+            cfg = BuildConfig(
+                src=chosen, out=f"{tmp}/ours", workers=args.workers, progress=False, follow_links=True, overwrite=True
             )
-        )
-        cfg = BuildConfig(src=chosen, out=f"{tmp}/ours", workers=args.workers, progress=False, follow_links=True)
-        ours_s = timed(lambda: build_shards(cfg))
+            ours_s = min(ours_s, timed(lambda: build_shards(cfg)))  # noqa: B023 (called at once)
         mean_psnr, min_psnr = psnr_against_baseline(f"{tmp}/ours", f"{tmp}/base", relpaths)
 
     rate = lambda s: n / s  # noqa: E731

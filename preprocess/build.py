@@ -57,6 +57,7 @@ class BuildConfig:
     layout: str = "auto"
     val_labels: str | None = None
     class_names: str | None = None
+    devkit_meta: str | None = None
     size: int = 256
     quality: int = 90
     shard_size: int = 1000
@@ -110,6 +111,10 @@ class BuildReport:
 
 class TooManySkipped(RuntimeError):
     """More inputs were skipped than --max-skipped allows; the skip report is written, the manifest is not."""
+
+
+class ShardWriteError(RuntimeError):
+    """Writing or publishing one shard failed (disk full, I/O error, an encoder exception); the shard is discarded."""
 
 
 class BuildAlreadyFinished(RuntimeError):
@@ -171,6 +176,14 @@ class _ShardAssembler:
         self._writer: ShardWriter | None = None
 
     def add(self, result: ChunkResult) -> None:
+        try:
+            self._add(result)
+        except Exception as e:
+            self.abort()
+            name = f"{result.task.split}/{shard_name(result.task.split, result.task.shard)}"
+            raise ShardWriteError(f"writing shard {self.out.path(name)} failed: {e}; the shard was discarded") from e
+
+    def _add(self, result: ChunkResult) -> None:
         task = result.task
         if self._writer is None:
             self._name = shard_name(task.split, task.shard)
@@ -248,6 +261,7 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
         BuildAlreadyFinished: `resume` on a build whose manifest is already published.
         BuildLocked: another builder writes to `cfg.out`.
         LayoutError: the source is not a supported layout.
+        ShardWriteError: a shard could not be written; it is discarded and no manifest is published.
         TooManySkipped: more than `cfg.max_skipped` inputs were skipped (after the report is written).
     """
     started = time.perf_counter()
@@ -261,7 +275,9 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
 
 def _build_locked(cfg: BuildConfig, out: OutputDir, started: float) -> BuildReport:
     _check_output(out, cfg)
-    dataset = discover(cfg.src, layout=cfg.layout, val_labels=cfg.val_labels, class_names=cfg.class_names)
+    dataset = discover(
+        cfg.src, layout=cfg.layout, val_labels=cfg.val_labels, class_names=cfg.class_names, devkit_meta=cfg.devkit_meta
+    )
     if cfg.overwrite:
         out.clear()  # only once the source is known to be good
     plans = _plan(dataset, cfg)

@@ -24,7 +24,16 @@ def main(verbose: bool) -> None:
 @click.option("--src", required=True, help=_SRC_HELP)
 @click.option("--out", default="shards", help="Output directory or fsspec URL.")
 @click.option("--layout", type=click.Choice(["auto", "imagenet", "kaggle"]), default="auto", help="Source layout.")
-@click.option("--val-labels", default=None, help="For a flat val/: file of lines '<file name> <wnid>'.")
+@click.option(
+    "--val-labels",
+    default=None,
+    help="For a flat val/: a file of lines '<file name> <wnid>', or the devkit's ILSVRC2012_validation_ground_truth.txt.",
+)
+@click.option(
+    "--devkit-meta",
+    default=None,
+    help="The devkit's meta.mat, mapping its class ids to wnids (default: beside --val-labels).",
+)
 @click.option("--class-names", default=None, help="File of lines '<wnid> <name>' (default: LOC_synset_mapping.txt).")
 @click.option("--size", default=256, help="Short side after resizing, and the side of the central crop.")
 @click.option("--quality", default=90, help="JPEG quality of the stored images.")
@@ -40,7 +49,7 @@ def main(verbose: bool) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_shards_command(no_progress: bool, **options) -> None:
     """Resize, center-crop and shard an ImageNet tree; compute the train mean image and RGB PCA."""
-    from preprocess.build import BuildAlreadyFinished, BuildConfig, TooManySkipped, build_shards
+    from preprocess.build import BuildAlreadyFinished, BuildConfig, ShardWriteError, TooManySkipped, build_shards
     from preprocess.layout import LayoutError
     from preprocess.lock import BuildLocked
     from preprocess.output import OutputExistsError
@@ -51,7 +60,7 @@ def build_shards_command(no_progress: bool, **options) -> None:
     except BuildAlreadyFinished as e:
         click.echo(str(e))
         return
-    except (LayoutError, OutputExistsError, BuildLocked, ValueError) as e:
+    except (LayoutError, OutputExistsError, BuildLocked, ShardWriteError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     except TooManySkipped as e:
         click.echo(str(e), err=True)

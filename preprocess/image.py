@@ -147,8 +147,15 @@ def _decode_plain_jpeg(data: bytes, size: int, max_pixels: int) -> Decoded | Non
         raise SkipImage("too_large", f"{width}x{height} pixels is more than --max-pixels {max_pixels}")
     factor = dct_factor(width, height, size)
     try:
+        # The fast integer IDCT and plain chroma upsampling decode 12% faster; their error (about one grey level)
+        # is far below what the resize to 256 and the JPEG re-encode change anyway.
         pixels = simplejpeg.decode_jpeg(
-            data, "RGB", min_width=math.ceil(width / factor), min_height=math.ceil(height / factor)
+            data,
+            "RGB",
+            fastdct=True,
+            fastupsample=True,
+            min_width=math.ceil(width / factor),
+            min_height=math.ceil(height / factor),
         )
     except ValueError:  # strict mode refuses even recoverable damage: Pillow decides
         return None

@@ -2,7 +2,8 @@
 
 Supported layouts (`--layout auto` picks the one present and refuses to guess between two):
 - ``imagenet``: ``src/train/<wnid>/*`` and ``src/val/<wnid>/*``, or a flat ``src/val/`` plus
-  ``--val-labels FILE`` (lines ``<file name> <wnid>``);
+  ``--val-labels FILE``: lines ``<file name> <wnid>``, or the devkit's ILSVRC2012_validation_ground_truth.txt
+  (one devkit class id per line, mapped to wnids through the devkit's meta.mat: see `preprocess.devkit`);
 - ``kaggle``: the Kaggle download, ``src/ILSVRC/Data/CLS-LOC/{train/<wnid>/,val/}``,
   ``src/LOC_val_solution.csv`` (the class is the first token of PredictionString) and
   ``src/LOC_synset_mapping.txt`` (class names).
@@ -185,7 +186,22 @@ def _detect(fs, root: str) -> str:
     raise LayoutError(f"{root} matches several layouts {present}; pass --layout to choose one")
 
 
-def discover(src: str, *, layout: str = "auto", val_labels: str | None = None, class_names: str | None = None):
+def _devkit_labels(fs, val_dir: str, labels_path: str, text: str, devkit_meta: str | None) -> dict[str, str]:
+    from preprocess.devkit import default_meta_path, read_ground_truth, read_synset_ids
+
+    ids = read_synset_ids(fs, devkit_meta or default_meta_path(labels_path))
+    _, files = _listdir(fs, val_dir)
+    return read_ground_truth(text, labels_path, ids, [_stem(f) for f in files])
+
+
+def discover(
+    src: str,
+    *,
+    layout: str = "auto",
+    val_labels: str | None = None,
+    class_names: str | None = None,
+    devkit_meta: str | None = None,
+):
     """Lists every input image with its class.
 
     Raises:
@@ -214,7 +230,14 @@ def discover(src: str, *, layout: str = "auto", val_labels: str | None = None, c
             raise LayoutError(f"kaggle layout needs {solution}")
         val = _flat_val(fs, root, val_dir, _parse_kaggle_solution(fs, solution), solution)
     elif val_labels is not None:
-        val = _flat_val(fs, root, val_dir, _parse_labels_file(fs, val_labels), val_labels)
+        from preprocess.devkit import is_devkit_ground_truth
+
+        text = _read_text(fs, val_labels)
+        if is_devkit_ground_truth(text):
+            labels = _devkit_labels(fs, val_dir, val_labels, text, devkit_meta)
+        else:
+            labels = _parse_labels_file(fs, val_labels)
+        val = _flat_val(fs, root, val_dir, labels, val_labels)
     elif fs.isdir(val_dir):
         subdirs, files = _listdir(fs, val_dir)
         if files and not subdirs:

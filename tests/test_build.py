@@ -21,7 +21,7 @@ from pipeline.contract import (
     load_manifest,
     load_stats,
 )
-from preprocess.build import TooManySkipped, build_shards
+from preprocess.build import ShardWriteError, TooManySkipped, build_shards
 from preprocess.output import OutputExistsError
 from preprocess.sample import make_sample
 
@@ -181,12 +181,32 @@ def test_a_crash_mid_shard_leaves_no_shard_and_no_manifest(tiny_source, tmp_path
 
     monkeypatch.setattr(tarshard.ShardWriter, "write", failing_write)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ShardWriteError, match=r"train/train-000001\.tar failed: .*No space left") as raised:
         build_shards(quick_build_config(tiny_source, out))
-    files = sorted(os.listdir(out / "train"))
+    assert isinstance(raised.value.__cause__, OSError) and raised.value.__cause__.errno == 28
+    files = sorted(os.listdir(out / "train"))  # no temporary left beside the one finished shard
     assert files == ["train-000000.idx", "train-000000.tar"]
     assert len(read_samples(out / "train" / "train-000000.tar")) == 10
     assert not (out / MANIFEST_NAME).exists()
+
+
+def test_a_write_error_exits_non_zero_naming_the_shard(tiny_source, tmp_path, monkeypatch):
+    """What a user sees from the command line when the disk fills up: exit 1, the shard's name, no manifest."""
+    from click.testing import CliRunner
+
+    import preprocess.tarshard as tarshard
+    from preprocess.cli import main
+
+    def full_disk(self, key, members):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarshard.ShardWriter, "write", full_disk)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build-shards", "--src", str(tiny_source), "--out", str(out), "--workers", "1",
+                                       "--shard-size", "10", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "train-000000.tar failed" in result.output and "No space left" in result.output
+    assert os.listdir(out / "train") == [] and not (out / MANIFEST_NAME).exists()
 
 
 def test_limit_builds_a_smoke_subset(tiny_source, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -142,3 +143,53 @@ def test_a_stray_folder_beside_wnid_folders_is_listed(tmp_path):
     for name in ("cat", "dog"):  # free class names are fine when none is a wnid
         write(tmp_path / "other" / "train" / name / "a.jpg", b"x")
     assert discover(str(tmp_path / "other")).wnids == ("cat", "dog")
+
+
+def devkit(src, ids: dict[int, str], ground_truth: list[str]):
+    """Adds the devkit's ground-truth file and a meta.mat (written the way MATLAB stores the table) to `src`."""
+    from scipy.io import savemat
+
+    rows = np.array(
+        [(i, w, 0) for i, w in ids.items()], dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
+    )
+    savemat(src / "meta.mat", {"synsets": rows})
+    (src / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{v}\n" for v in ground_truth))
+    return src, str(src / "ILSVRC2012_validation_ground_truth.txt")
+
+
+def test_devkit_ids_are_mapped_to_sorted_wnid_indices(tmp_path):
+    """L3: devkit id order (1 = the LAST sorted wnid here) differs from sorted order; labels follow the wnid."""
+    ids = {1: sample_wnid(2), 2: sample_wnid(0), 3: sample_wnid(1)}
+    by_wnid = {w: i for i, w in ids.items()}
+    src = sample(tmp_path, "flat-val")
+    truth = [line.split() for line in (src / "val_labels.txt").read_text().splitlines()]
+    src, gt = devkit(src, ids, [str(by_wnid[w]) for _, w in sorted(truth)])
+    dataset = discover(str(src), val_labels=gt)
+    assert {os.path.basename(i.path): i.wnid for i in dataset.splits["val"]} == dict(truth)
+    assert [dataset.label[i.wnid] for i in dataset.splits["val"][:3]] == [dataset.label[w] for _, w in sorted(truth)[:3]]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda gt: gt[:-1], r"has 8 labels for 9 val images"),
+        (lambda gt: gt[:4] + ["0"] + gt[5:], r"ground_truth.txt:5: class id 0 is not in the devkit's ids 1..3"),
+        (lambda gt: gt[:2] + ["1001"] + gt[3:], r"ground_truth.txt:3: class id 1001"),
+        (lambda gt: ["n01440764"] + gt[1:], r"ground_truth.txt:1: expected an integer class id"),
+    ],
+)
+def test_devkit_ground_truth_errors_name_the_line(tmp_path, edit, message):
+    """L2: a missing line, an id of 0 or 1001, a non-integer: an error with the line number, never a guess."""
+    ids = {1: sample_wnid(0), 2: sample_wnid(1), 3: sample_wnid(2)}
+    src, gt = devkit(sample(tmp_path, "flat-val"), ids, [str(1 + i % 3) for i in range(9)])
+    lines = (src / "ILSVRC2012_validation_ground_truth.txt").read_text().split()
+    (src / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(edit(lines)) + "\n")
+    with pytest.raises(LayoutError, match=message):
+        discover(str(src), val_labels=gt)
+
+
+def test_devkit_ground_truth_without_meta_asks_for_it(tmp_path):
+    src, gt = devkit(sample(tmp_path, "flat-val"), {1: sample_wnid(0)}, ["1"] * 9)
+    os.remove(src / "meta.mat")
+    with pytest.raises(LayoutError, match=r"needs the devkit's meta.mat .* --devkit-meta"):
+        discover(str(src), val_labels=gt)

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import quick_build_config
 from pipeline.contract import load_manifest, load_stats
-from preprocess.build import build_shards
+from preprocess.build import ShardWriteError, build_shards
 from preprocess.lock import BuildLocked
 from preprocess.verify import verify_build
 
@@ -81,6 +81,6 @@ def test_uploads_retry_transient_errors_and_report_persistent_ones(s3, monkeypat
     assert verify_build("s3://bucket/flaky")[0] == []
 
     monkeypatch.setattr(s3, "put_file", lambda *a, **k: (_ for _ in ()).throw(TimeoutError("timed out")))
-    with pytest.raises(OSError, match=r"uploading bucket/broken/train/train-000000.idx failed 5 times"):
+    with pytest.raises(ShardWriteError, match=r"uploading bucket/broken/train/train-000000.idx failed 5 times"):
         build_shards(quick_build_config("s3://bucket/src", "s3://bucket/broken", limit=4))
     assert not s3.exists("bucket/broken/manifest.json") and not s3.exists("bucket/broken/train/train-000000.tar")

@@ -1,0 +1,130 @@
+"""The augmentations as DALI graph pieces, one function per step (paper, sections 2 and 4.1).
+
+Every function takes `dev` ("cpu" or "gpu") and builds the same operators for either device, so the GPU
+path is the CPU path with one switch flipped and cannot rot unnoticed. Random parameters (crop windows,
+flips, lighting alphas) are drawn on the CPU by separate operators and fed to the kernels as arguments.
+Pixels stay uint8 until `crop_mirror_normalize`, which fuses the flip, the HWC->CHW transpose, the
+per-channel shift and the cast in one pass over the crop; the only full-crop float op is the mean-image
+subtraction, which needs a per-pixel operand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from nvidia.dali import fn, types
+from nvidia.dali import math as dmath
+
+from pipeline.normalize import Normalization
+
+__all__ = [
+    "translate_window",
+    "random_resized_window",
+    "lighting_offset",
+    "decode_window",
+    "normalize_window",
+    "ten_crops",
+    "DALI_DTYPES",
+]
+
+DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}  # bf16: cast by torch
+
+
+def _const(array: np.ndarray, dev: str):
+    return types.Constant(np.ascontiguousarray(array), device=dev)
+
+
+def translate_window(size: int, crop: int):
+    """Paper's translations: an offset uniform over the (size - crop + 1)^2 valid positions. -> ([y, x], [h, w])"""
+    if crop == size:
+        return [0, 0], [crop, crop]  # one position; DALI refuses the empty range [0, 0]
+    y = fn.random.uniform(range=[0, size - crop], dtype=types.INT32)  # integer range: both ends included
+    x = fn.random.uniform(range=[0, size - crop], dtype=types.INT32)
+    return fn.stack(y, x), [crop, crop]
+
+
+def random_resized_window(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style window: area fraction ~ U(scale), log aspect ~ U(log ratio); sides clamped to the image
+    (instead of torchvision's 10 retries), position uniform. -> ([y, x], [h, w])"""
+    area = fn.random.uniform(range=list(scale)) * float(size * size)
+    aspect = dmath.exp(fn.random.uniform(range=[math.log(ratio[0]), math.log(ratio[1])]))
+    w = dmath.clamp(dmath.sqrt(area * aspect), 1.0, float(size))
+    h = dmath.clamp(dmath.sqrt(area / aspect), 1.0, float(size))
+    w, h = fn.cast(w, dtype=types.INT32), fn.cast(h, dtype=types.INT32)
+    x = dmath.min(_uniform_below(size - w + 1), size - w)
+    y = dmath.min(_uniform_below(size - h + 1), size - h)
+    return fn.stack(y, x), fn.stack(h, w)
+
+
+def _uniform_below(count):
+    """An int32 uniform over 0..count-1, for a per-sample `count`."""
+    return fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
+
+
+def lighting_offset(norm: Normalization, std: float):
+    """PCA lighting (paper, section 4.1): eigvec @ (alpha * eigval) x255 with alpha ~ N(0, std), drawn once
+    per image; returns a per-image RGB offset, float [3] in 0..255 units (added to every pixel)."""
+    alpha = fn.random.normal(shape=[3], stddev=std)
+    basis = norm.lighting_basis()
+    return sum(alpha[j] * types.Constant(basis[:, j].copy()) for j in range(3))
+
+
+def decode_window(jpegs, start, shape, decoder: str):
+    """Decodes only the window (ROI decode: fewer IDCT blocks on the CPU). -> uint8 HWC [h, w, 3]"""
+    return fn.decoders.image_slice(jpegs, start=start, shape=shape, axis_names="HW", device=decoder, output_type=types.RGB)
+
+
+def normalize_window(
+    images,
+    norm: Normalization,
+    dev: str,
+    *,
+    start,
+    shape,
+    crop: int,
+    resized: bool = False,
+    mirror=None,
+    offset=None,
+    dtype=types.FLOAT,
+    layout: str = "CHW",
+):
+    """Mean subtraction at the image's own window (mirrored with it), lighting, flip, layout and cast.
+
+    `images` are uint8 HWC crops already resized to crop x crop; `start`/`shape` give their window in the
+    256x256 image, for the matching window of the mean image (resized too when `resized`).
+    -> float [3, crop, crop] (or HWC)
+    """
+    if norm.mean_image is not None:
+        window = fn.slice(_const(norm.mean_image, dev), start=start, shape=shape, axis_names="HW")
+        if resized:
+            window = fn.resize(window, size=[crop, crop])
+        images = images - window  # float HWC
+        mean = 0.0 if offset is None else -offset
+        std = 1.0
+    else:
+        mean = types.Constant(norm.mean) if offset is None else types.Constant(norm.mean) - offset
+        std = norm.std.tolist()
+    return fn.crop_mirror_normalize(
+        images, mirror=0 if mirror is None else mirror, mean=mean, std=std, dtype=dtype, output_layout=layout
+    )
+
+
+def ten_crops(images, norm: Normalization, dev: str, *, size: int, crop: int, dtype=types.FLOAT, layout="CHW"):
+    """Test-time 10 patches (paper, section 4.1): 4 corners + center, then their mirrors.
+    uint8 HWC [size, size, 3] -> [10, 3, crop, crop] (or [10, crop, crop, 3])"""
+    if norm.mean_image is not None:
+        images = images - _const(norm.mean_image, dev)  # once per image, before cropping
+        mean, std = 0.0, 1.0
+    else:
+        mean, std = norm.mean.tolist(), norm.std.tolist()
+    last, mid = size - crop, (size - crop) // 2
+    starts = [(0, 0), (0, last), (last, 0), (last, last), (mid, mid)]  # (y, x): TL, TR, BL, BR, center
+    crops = []
+    for mirror in (0, 1):
+        for y, x in starts:
+            patch = fn.slice(images, start=[y, x], shape=[crop, crop], axis_names="HW")
+            crops.append(
+                fn.crop_mirror_normalize(patch, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=layout)
+            )
+    return fn.stack(*crops, axis=0)

@@ -1,0 +1,67 @@
+"""The loader's options as one frozen, validated value (printed in logs and saved next to checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["LoaderConfig", "DTYPES", "CROP_MODES", "NORMALIZATIONS", "FORMATS", "DEVICES"]
+
+DTYPES = ("float32", "float16", "bfloat16")
+CROP_MODES = ("translate", "random_resized")
+NORMALIZATIONS = ("mean_image", "channel")
+FORMATS = ("auto", "contract", "wds")
+DEVICES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Every knob of `ImageNetLoader`; see pipeline/README.md for what each one does."""
+
+    split: str = "train"
+    batch_size: int = 128
+    device: str = "gpu"
+    crop_size: int = 224
+    num_threads: int = 4
+    seed: int = 0
+    dtype: str = "float32"
+    channels_last: bool = False
+    normalization: str = "mean_image"  # paper, section 2: subtract the per-pixel mean image
+    mean: tuple[float, float, float] | None = None  # [0, 1] units; "channel" mode (default: stats.json)
+    std: tuple[float, float, float] | None = None
+    crop: str = "translate"  # paper, section 4.1: random crop_size patches of the 256x256 image
+    ten_crop: bool = False  # val only: 4 corners + center and their mirrors -> [B, 10, 3, crop, crop]
+    lighting_std: float = 0.1  # paper, section 4.1: alpha ~ N(0, 0.1); 0 disables
+    drop_last: bool | None = None  # None: True for train, False for val
+    format: str = "auto"  # "contract" (our build), "wds" (foreign jpg/jpeg + cls shards), "auto" detects
+    shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (train)
+    prefetch: int = 2  # DALI prefetch queue depth
+    cache_dir: str | None = None  # where remote shards are cached (default ~/.cache/alexnet-pipeline)
+
+    def __post_init__(self):
+        def check(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"ImageNetLoader: {what}")
+
+        check(self.split in ("train", "val"), f"split must be 'train' or 'val', got {self.split!r}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
+        check(self.crop_size >= 1, f"crop_size must be >= 1, got {self.crop_size}")
+        check(self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
+        check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check(self.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}")
+        check(self.crop in CROP_MODES, f"crop must be one of {CROP_MODES}, got {self.crop!r}")
+        check(self.format in FORMATS, f"format must be one of {FORMATS}, got {self.format!r}")
+        check(self.lighting_std >= 0, f"lighting_std must be >= 0, got {self.lighting_std}")
+        check(not (self.ten_crop and self.split == "train"), "ten_crop is a val-time mode (split='val')")
+        check(self.shuffle_buffer >= 1 and self.prefetch >= 1, "shuffle_buffer and prefetch must be >= 1")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            check(value is None or len(value) == 3, f"{name} must have 3 values (R, G, B in [0, 1]), got {value!r}")
+
+    @property
+    def training(self) -> bool:
+        return self.split == "train"
+
+    @property
+    def drops_last(self) -> bool:
+        return self.training if self.drop_last is None else self.drop_last

@@ -1,0 +1,119 @@
+"""The DALI pipeline: reader, sharding and shuffling here; the augmentations come from `pipeline.augment`.
+
+Shuffling (train). DALI's webdataset reader offers two shuffles and we use both:
+- `shuffle_after_epoch=True` with `shuffle_after_epoch_seed` = the user's seed on EVERY rank: each epoch, the
+  reader permutes the order of the shard files with the same permutation on all ranks, then every rank takes its
+  slice of the resulting sample list, so the ranks stay disjoint and complete while the data that each rank (and
+  each batch) sees changes every epoch.
+- `random_shuffle=True` with a buffer of `shuffle_buffer` samples (seeded per rank) mixes samples across the
+  several shards that pass through the buffer, so batches are not runs of one shard.
+Together with the build's global shuffle of the sample order (the keys), that is a real reshuffle per epoch;
+`shuffle_after_epoch` alone would only permute whole shards, and a buffer alone would keep each rank's slice fixed.
+Val is read in order, each rank always the same slice (`stick_to_shard`), so passes are identical.
+"""
+
+from __future__ import annotations
+
+from nvidia.dali import fn, pipeline_def, types
+
+from pipeline.augment import (
+    DALI_DTYPES,
+    decode_window,
+    lighting_offset,
+    normalize_window,
+    random_resized_window,
+    ten_crops,
+    translate_window,
+)
+from pipeline.config import LoaderConfig
+from pipeline.normalize import Normalization
+from pipeline.sharding import DistInfo
+from pipeline.sources import ShardSet
+
+__all__ = ["build_pipeline", "READER_NAME", "augmentation_seed"]
+
+READER_NAME = "Reader"
+IMAGE_SIZE = 256
+
+
+def augmentation_seed(seed: int, rank: int) -> int:
+    """Per-rank seed of the random operators: ranks must not draw the same crops for different images."""
+    return (seed * 1_000_003 + rank * 7_919 + 1) % (2**31 - 1)
+
+
+def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
+    """-> (jpeg bytes, label): label is an int64 [1] (our .lbl) or the ASCII bytes of a foreign .cls."""
+    ours = shards.format == "contract"
+    return fn.readers.webdataset(
+        paths=list(shards.paths),
+        index_paths=list(shards.index_paths) if shards.index_paths else None,
+        ext=["jpg", "lbl"] if ours else ["jpg;jpeg", "cls"],
+        dtypes=[types.UINT8, types.INT64 if ours else types.UINT8],
+        missing_component_behavior="error",  # never DALI's default: empty tensors for missing members
+        num_shards=dist.world_size,
+        shard_id=dist.rank,  # GLOBAL rank
+        pad_last_batch=True,  # every rank: same batch count per epoch, and epochs start on a fresh batch
+        random_shuffle=cfg.training,
+        initial_fill=cfg.shuffle_buffer,
+        shuffle_after_epoch=cfg.training,
+        shuffle_after_epoch_seed=cfg.seed if cfg.training else None,  # the SAME on every rank
+        stick_to_shard=not cfg.training,
+        seed=augmentation_seed(cfg.seed, dist.rank),
+        name=READER_NAME,
+    )
+
+
+def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str):
+    if cfg.crop == "translate":
+        start, shape = translate_window(IMAGE_SIZE, cfg.crop_size)
+    else:
+        start, shape = random_resized_window(IMAGE_SIZE)
+    images = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
+    resized = cfg.crop == "random_resized"
+    if resized:
+        images = fn.resize(images, size=[cfg.crop_size, cfg.crop_size])
+    mirror = fn.random.coin_flip(probability=0.5)
+    offset = lighting_offset(norm, cfg.lighting_std) if cfg.lighting_std > 0 else None
+    return normalize_window(
+        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, resized=resized, mirror=mirror,
+        offset=offset, dtype=DALI_DTYPES[cfg.dtype], layout=_layout(cfg),
+    )  # fmt: skip
+
+
+def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str):
+    layout, dtype = _layout(cfg), DALI_DTYPES[cfg.dtype]
+    if cfg.ten_crop:
+        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)  # -> uint8 HWC [256, 256, 3]
+        return ten_crops(images, norm, dev, size=IMAGE_SIZE, crop=cfg.crop_size, dtype=dtype, layout=layout)
+    mid = (IMAGE_SIZE - cfg.crop_size) // 2
+    start, shape = [mid, mid], [cfg.crop_size, cfg.crop_size]
+    images = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC center crop
+    return normalize_window(images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, dtype=dtype, layout=layout)
+
+
+def _layout(cfg: LoaderConfig) -> str:
+    return "HWC" if cfg.channels_last else "CHW"  # HWC is NCHW with channels_last strides after a torch permute
+
+
+def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):
+    """The pipeline for `cfg`; the same graph on both devices: only `dev` and the decoder's device differ."""
+    gpu = cfg.device == "gpu"
+    dev, decoder = ("gpu", "mixed") if gpu else ("cpu", "cpu")
+
+    @pipeline_def(
+        batch_size=cfg.batch_size,
+        num_threads=cfg.num_threads,
+        device_id=dist.local_rank if gpu else None,
+        seed=augmentation_seed(cfg.seed, dist.rank),
+        prefetch_queue_depth=cfg.prefetch,
+        enable_checkpointing=True,
+    )
+    def imagenet():
+        jpegs, labels = read_samples(shards, cfg, dist)
+        make = train_images if cfg.training else val_images
+        images = make(jpegs, cfg, norm, dev, decoder)
+        if gpu and shards.format == "contract":
+            labels = labels.gpu()
+        return images, labels
+
+    return imagenet(checkpoint=checkpoint)

@@ -1,0 +1,135 @@
+"""Finds the shards of a split and makes them readable by DALI, whose reader only opens local files.
+
+Local roots (a path or a ``file://`` URL) are read in place. Remote fsspec roots (``s3://``, ``gs://``,
+``memory://``...) are CACHED, not streamed: each shard and its index are downloaded once into
+``cache_dir/<sha256 of the root URL>/<split>/`` and, for our builds, checked against the sha256 in
+manifest.json before use (a marker file records the verified hash, so later runs do not re-hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+
+from pipeline.contract import MANIFEST_NAME, Manifest, index_name, load_manifest
+from pipeline.errors import NoShardsError, ShardError
+
+__all__ = ["ShardSet", "find_shards", "default_cache_dir"]
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    split: str
+    format: str  # "contract": our build (manifest, stats, .idx, .lbl); "wds": foreign jpg/jpeg + cls shards
+    paths: tuple[str, ...]  # local files DALI reads
+    index_paths: tuple[str, ...] | None  # None: DALI infers the index by scanning the tars
+    origins: tuple[str, ...]  # what error messages name (the URL for cached remote shards)
+    sizes: tuple[int | None, ...]  # expected byte sizes (from the manifest), None when unknown
+    manifest: Manifest | None
+
+    def origin_of(self, local_path: str) -> str:
+        for path, origin in zip(self.paths, self.origins, strict=True):
+            if path == local_path:
+                return origin
+        return local_path
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("ALEXNET_PIPELINE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "alexnet-pipeline"))
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None = None) -> ShardSet:
+    """The shards of `split` under `root`, local and ready for DALI.
+
+    Raises:
+        ContractError: manifest.json is malformed.
+        NoShardsError: the split has no shards (the message names where it looked).
+        ShardError: a shard or index named by the manifest is missing, or a download fails its sha256 check.
+    """
+    fs, base = fsspec.core.url_to_fs(root)
+    if fmt == "auto":
+        fmt = "contract" if fs.exists(posixpath.join(base, MANIFEST_NAME)) else "wds"
+    if fmt == "contract":
+        manifest = load_manifest(root)
+        info = manifest.splits.get(split)
+        if info is None or not info.shards:
+            raise NoShardsError(f"{root}: manifest.json lists no shards for split {split!r}")
+        names = [posixpath.join(split, s.name) for s in info.shards]
+        sizes = tuple(s.bytes for s in info.shards)
+        hashes = [s.sha256 for s in info.shards]
+    else:
+        manifest, hashes = None, None
+        names = _list_foreign(fs, base, split)
+        if not names:
+            raise NoShardsError(f"{root}: no .tar shards for split {split!r} (looked for {split}/*.tar and *{split}*.tar)")
+        sizes = tuple(None for _ in names)
+    remote = [posixpath.join(base, name) for name in names]
+    origins = tuple(fs.unstrip_protocol(p) if not _is_local(fs) else p for p in remote)
+    if _is_local(fs):
+        paths = tuple(remote)
+        for path in paths:
+            if not os.path.exists(path):
+                raise ShardError(f"shard {path} (split {split!r}) does not exist", shard=path)
+    else:
+        target = os.path.join(cache_dir or default_cache_dir(), hashlib.sha256(root.encode()).hexdigest()[:16])
+        hashes = hashes or [None] * len(names)
+        paths = tuple(
+            _cached(fs, r, os.path.join(target, *n.split("/")), h) for r, n, h in zip(remote, names, hashes, strict=True)
+        )
+    index_paths = None
+    if fmt == "contract":
+        index_paths = tuple(p[: -len(".tar")] + ".idx" for p in paths)
+        if not _is_local(fs):
+            index_paths = tuple(_cached(fs, index_name(r), index_name(p), None) for r, p in zip(remote, paths, strict=True))
+        for path, index in zip(paths, index_paths, strict=True):
+            if not os.path.exists(index):
+                raise ShardError(f"index {index} of shard {path} does not exist", shard=path)
+    return ShardSet(split, fmt, paths, index_paths, origins, sizes, manifest)
+
+
+def _list_foreign(fs, base: str, split: str) -> list[str]:
+    """Shard names relative to `base`: `<split>/*.tar`, else `*<split>*.tar` at the top level."""
+    for pattern in (f"{split}/*.tar", f"*{split}*.tar"):
+        found = sorted(fs.glob(posixpath.join(base, pattern)))
+        if found:
+            return [posixpath.relpath(p, base) for p in found]
+    return []
+
+
+def _cached(fs, remote: str, local: str, sha256: str | None) -> str:
+    """Downloads `remote` to `local` once; verifies `sha256` when the manifest gives one."""
+    marker = local + ".verified"
+    expected = sha256 or "unverified"
+    if os.path.exists(local) and os.path.exists(marker):
+        with open(marker) as f:
+            if f.read().strip() == expected:
+                return local
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    partial = f"{local}.part-{os.getpid()}"
+    digest = hashlib.sha256()
+    try:
+        with fs.open(remote, "rb") as src, open(partial, "wb") as dst:
+            while block := src.read(1 << 22):
+                digest.update(block)
+                dst.write(block)
+    except FileNotFoundError as e:
+        raise ShardError(f"shard {fs.unstrip_protocol(remote)} does not exist", shard=fs.unstrip_protocol(remote)) from e
+    if sha256 is not None and digest.hexdigest() != sha256:
+        os.remove(partial)
+        raise ShardError(
+            f"shard {fs.unstrip_protocol(remote)}: sha256 {digest.hexdigest()} does not match the manifest's {sha256}",
+            shard=fs.unstrip_protocol(remote),
+        )
+    os.replace(partial, local)
+    with open(marker, "w") as f:
+        f.write(expected)
+    return local
