@@ -76,3 +76,11 @@ def test_evaluate_counts_every_sample_and_ten_crop_averages():
     # ten identical crops: averaged softmax gives the same predictions as the center crop
     assert ten["count"] == 15 and ten["top1"] == pytest.approx(center["top1"])
     assert ten["loss"] == pytest.approx(center["loss"], rel=1e-4)
+
+
+def test_loss_above_chance_and_collapsed_val_count_as_chance():
+    d = ChanceDetector(10, steps=4)
+    spread = torch.ones(10)
+    assert d.update(4, 4 * 3.0, spread)  # confident wrong guesses: loss above ln(10) is no better than chance
+    d2 = ChanceDetector(10, steps=4)
+    assert not d2.observe_val(spread) and d2.observe_val(torch.tensor([0.0, 50.0] + [0.0] * 8)) and d2.fired == 1

@@ -1,8 +1,9 @@
 """Detects a run that sits at chance level and says so LOUDLY instead of hiding it (REFERENCE.md, section 5).
 
 The known failure of naive AlexNet re-implementations: with N(0, 0.01) init and unnormalised inputs the net
-predicts one constant class and the loss stays at ln(classes). Over a window of the last `steps` steps, the
-run is "at chance" when the mean loss is within `tolerance * ln(C)` of ln(C), OR when a single class gets at
+predicts one constant class and the loss stays at ln(classes) (or above it, when the constant guess is a
+confident one). Over a window of the last `steps` steps, the run is "at chance" when the mean loss has not
+come down below ln(C) by more than `tolerance * ln(C)`, OR when a single class gets at
 least `dominance` of all predictions (collapsed outputs, as with constant images). The warning fires when
 the run enters that state (again only if it recovered and fell back); the state goes into every metrics row.
 """
@@ -20,13 +21,13 @@ __all__ = ["ChanceDetector", "chance_warning"]
 log = logging.getLogger(__name__)
 
 
-def chance_warning(num_classes: int, steps: int, mean_loss: float, dominant: float) -> str:
+def chance_warning(num_classes: int, where: str, mean_loss: float, dominant: float) -> str:
     bar = "!" * 100
     return (
         f"\n{bar}\n"
-        f"!!! TRAINING IS AT CHANCE LEVEL for the last {steps} steps: mean loss {mean_loss:.4f} vs ln({num_classes}) = "
+        f"!!! TRAINING IS AT CHANCE LEVEL {where}: mean loss {mean_loss:.4f} vs ln({num_classes}) = "
         f"{math.log(num_classes):.4f}; {dominant:.0%} of predictions go to a single class.\n"
-        "!!! The net is not learning: it outputs (nearly) the same distribution for every image.\n"
+        "!!! The net is not learning: its loss is no better than a uniform guess, or it predicts one class for all.\n"
         "!!! Usual fixes: (1) init: the paper's N(0, 0.01) with biases 1 can stall; try --arch alexnet-bn (kaiming);\n"
         "!!!              (2) input normalisation: check the loader subtracts the mean (and scales) the images;\n"
         "!!!              (3) learning rate: too high diverges into one class, too low never leaves chance; remember\n"
@@ -51,6 +52,18 @@ class ChanceDetector:
     def __repr__(self) -> str:
         return f"ChanceDetector(classes={self.num_classes}, steps={self.steps}, tolerance={self.tolerance})"
 
+    def observe_val(self, pred_counts: torch.Tensor, val_loss: float = float("nan")) -> bool:
+        """Val predictions per class (eval mode, no dropout): all in one class means collapsed outputs."""
+        counts = pred_counts.detach().to("cpu", torch.float64)
+        dominant = float(counts.max() / counts.sum().clamp(min=1))
+        if dominant >= self.dominance and not self.at_chance:
+            self.at_chance = True
+            self.fired += 1
+            self.last = {"mean_loss": val_loss, "dominant": dominant}
+            log.warning(chance_warning(self.num_classes, "on the val split", val_loss, dominant))
+            return True
+        return False
+
     def update(self, steps: int, loss_sum: float, pred_counts: torch.Tensor) -> bool:
         """Adds `steps` steps (their summed loss and a per-class count of argmax predictions).
 
@@ -67,12 +80,12 @@ class ChanceDetector:
         counts = sum(c[2] for c in self._chunks)
         dominant = float(counts.max() / counts.sum().clamp(min=1))
         self.last = {"mean_loss": mean_loss, "dominant": dominant}
-        near = abs(mean_loss - self.chance_loss) <= self.tolerance * self.chance_loss
+        near = mean_loss >= (1.0 - self.tolerance) * self.chance_loss  # at or above chance: nothing learned
         collapsed = dominant >= self.dominance
         was = self.at_chance
         self.at_chance = near or collapsed
         if self.at_chance and not was:
             self.fired += 1
-            log.warning(chance_warning(self.num_classes, self._window_steps, mean_loss, dominant))
+            log.warning(chance_warning(self.num_classes, f"for the last {self._window_steps} steps", mean_loss, dominant))
             return True
         return False

@@ -123,6 +123,7 @@ def train(cfg: TrainConfig, info: DistInfo) -> dict:
         train_stats = train_one_epoch(net, train_loader, ctx, progress, on_step)
         val = evaluate(model, val_loader, info=info, num_classes=num_classes, amp_dtype=amp_dtype,
                        channels_last=cfg.channels_last)
+        detector.observe_val(val["confusion"].sum(0), val["loss"])
         if detector.fired > fired_before:
             metrics.write({"kind": "event", "event": "chance", "epoch": epoch, "step": progress.step,
                            **detector.last, "time": time.time()})

@@ -16,6 +16,7 @@ from trainer.metrics import METRICS_NAME, read_metrics  # noqa: E402
 __all__ = ["plot_run", "PLOT_NAME"]
 
 PLOT_NAME = "curves.png"
+LABELS = {"top1": "train top-1 (epoch)", "val_top1": "val top-1", "val_top5": "val top-5"}
 
 
 def plot_run(run_dir: str, out: str | None = None) -> str:
@@ -37,7 +38,7 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
         ax_loss.plot(x, [r["loss"] for r in epochs], "o-", label="train loss (epoch)")
         ax_loss.plot(x, [r["val_loss"] for r in epochs], "s-", label="val loss")
         for key, style in (("top1", "o-"), ("val_top1", "s-"), ("val_top5", "^--")):
-            ax_acc.plot(x, [r[key] for r in epochs], style, label=key.replace("_", " "))
+            ax_acc.plot(x, [r[key] for r in epochs], style, label=LABELS[key])
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
