@@ -98,6 +98,10 @@ def test_t2_mid_epoch_resume_matches_straight_run(straight, shards, tmp_path):
     ref = {r["step"]: r["loss"] for r in read_metrics(os.path.join(straight[0], "metrics.jsonl")) if r["kind"] == "step"}
     got = {r["step"]: r["loss"] for r in rows if r["kind"] == "step"}
     assert got == ref
+    # and the interrupted epoch's train averages too (the running sums travel in the checkpoint)
+    last = [r for r in read_metrics(os.path.join(straight[0], "metrics.jsonl")) if r["kind"] == "epoch"][-1]
+    mine = [r for r in rows if r["kind"] == "epoch"][-1]
+    assert (mine["loss"], mine["top1"], mine["top5"]) == (last["loss"], last["top1"], last["top5"])
 
 
 def test_eval_only_center_and_ten_crop(straight, shards, tmp_path):
@@ -109,3 +113,17 @@ def test_eval_only_center_and_ten_crop(straight, shards, tmp_path):
     assert row["val_count"] == row["ten_crop_count"] == 9
     assert row["val_top1"] == pytest.approx(final["val_top1"]) and 0 <= row["ten_crop_top1"] <= 1
     assert (tmp_path / "report.txt").exists() and "ten-crop" in proc.stdout
+
+
+def test_single_process_max_steps_then_explicit_resume(shards, tmp_path):
+    """Plain `python trainer/main.py` (no torchrun): a --max-steps smoke run stops mid-epoch and --resume goes on."""
+    base = [PYTHON, "trainer/main.py", "--data", str(shards), "--out", str(tmp_path), *TINY, "--batch-size", "4",
+            "--epochs", "1", "--log-interval", "1"]
+    check(run([*base, "--max-steps", "2"]))
+    rows = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+    assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2]
+    assert [r["complete"] for r in rows if r["kind"] == "epoch"] == [False]
+    proc = check(run([*base, "--max-steps", "4", "--resume", str(tmp_path / "checkpoint-00000002.pth")]))
+    rows = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+    assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3, 4] and "resumed from" in proc.stdout
+    assert torch.load(tmp_path / "checkpoint-00000004.pth", weights_only=True)["epoch"] == 0  # still mid-epoch

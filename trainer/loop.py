@@ -35,6 +35,9 @@ class Progress:
 
     epoch: int = 0
     step: int = 0
+    # This rank's running train sums for the epoch in progress (loss, top1, top5, samples, steps), so that a
+    # mid-epoch resume reports the same epoch averages as an uninterrupted run. None: the epoch starts fresh.
+    epoch_sums: torch.Tensor | None = None
 
 
 @dataclass
@@ -83,11 +86,13 @@ def train_one_epoch(
     device = ctx.info.device
     steps_per_epoch = len(loader)
     zeros = lambda: torch.zeros(5, dtype=torch.float64, device=device)  # noqa: E731 loss, top1, top5, n, steps
-    interval, epoch_sums = zeros(), zeros()
+    interval = zeros()
+    epoch_sums = zeros() if progress.epoch_sums is None else progress.epoch_sums.to(device)
+    progress.epoch_sums = epoch_sums  # updated in place every step: a checkpoint takes it as it is
     preds = torch.zeros(ctx.num_classes, dtype=torch.float64, device=device)
     wait = interval_wait = 0.0
     epoch_start = interval_start = time.perf_counter()
-    interval_images = 0
+    images_here = 0  # this process's images in this call (a resumed epoch's rate covers only what it ran)
     complete = True  # False when --max-steps stops the epoch before the loader is exhausted
     for data_wait, (images, labels) in timed(loader):
         images, labels = _prepare(images, labels, device, ctx.channels_last)
@@ -103,18 +108,19 @@ def train_one_epoch(
         with torch.no_grad():
             top1, top5 = topk_correct(logits.float(), labels)
             n = labels.shape[0]
-            interval += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
+            step_sums = torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
                                      torch.tensor(n, dtype=torch.float64, device=device),
                                      torch.ones((), dtype=torch.float64, device=device)])
+            interval += step_sums
+            epoch_sums += step_sums
             preds += torch.bincount(logits.argmax(1), minlength=ctx.num_classes).double()
         wait += data_wait
         interval_wait += data_wait
-        interval_images += n
+        images_here += n
         if progress.step % ctx.log_interval == 0:
             elapsed = time.perf_counter() - interval_start
             _log_interval(ctx, progress, interval, preds, interval_wait, elapsed)
-            epoch_sums += interval
-            interval, interval_wait, interval_start, interval_images = zeros(), 0.0, time.perf_counter(), 0
+            interval, interval_wait, interval_start = zeros(), 0.0, time.perf_counter()
             preds.zero_()
         if on_step is not None:
             on_step(progress)
@@ -123,16 +129,16 @@ def train_one_epoch(
         if ctx.max_steps and progress.step >= ctx.max_steps and progress.step % steps_per_epoch:
             complete = False
             break
-    epoch_sums += interval
-    dist.all_reduce_sum(ctx.info, epoch_sums)
+    progress.epoch_sums = None if complete else epoch_sums
+    epoch_sums = dist.all_reduce_sum(ctx.info, epoch_sums.clone())
     elapsed = time.perf_counter() - epoch_start
-    loss_sum, c1, c5, count, _ = epoch_sums.tolist()
-    steps_here = int(epoch_sums[4].item() / ctx.info.world_size)
+    loss_sum, c1, c5, count, steps = epoch_sums.tolist()
+    steps_here = int(round(steps / ctx.info.world_size))
     return {
         "loss": loss_sum / max(count, 1),
         "top1": c1 / max(count, 1),
         "top5": c5 / max(count, 1),
-        "images_per_s": count / max(elapsed, 1e-9),
+        "images_per_s": images_here * ctx.info.world_size / max(elapsed, 1e-9),  # train batches are equal on all ranks
         "data_wait_frac": wait / max(elapsed, 1e-9),
         "steps": steps_here,
         "epoch_time": elapsed,
@@ -143,7 +149,7 @@ def train_one_epoch(
 def _log_interval(ctx: StepContext, progress: Progress, sums: torch.Tensor, preds: torch.Tensor, wait: float,
                   elapsed: float) -> None:
     """Reduces an interval's sums over ranks, feeds the chance detector, writes a row and a console line."""
-    dist.all_reduce_sum(ctx.info, sums)
+    sums = dist.all_reduce_sum(ctx.info, sums.clone())
     dist.all_reduce_sum(ctx.info, preds)
     loss_sum, c1, c5, count, steps = sums.tolist()
     steps = int(round(steps / ctx.info.world_size))

@@ -40,7 +40,10 @@ class TrainObjects:
 
 def gather_state(objs: TrainObjects, info: DistInfo) -> dict[str, Any] | None:
     """The checkpoint dict on rank 0, None elsewhere. A collective: every rank must call it."""
-    per_rank = dist.all_gather_objects(info, {"rng": capture_rng(), "loader": objs.train_loader.state_dict()})
+    sums = objs.progress.epoch_sums
+    mine = {"rng": capture_rng(), "loader": objs.train_loader.state_dict(),
+            "epoch_sums": None if sums is None else sums.detach().cpu()}
+    per_rank = dist.all_gather_objects(info, mine)
     if not info.is_main:
         return None
     return {
@@ -52,6 +55,7 @@ def gather_state(objs: TrainObjects, info: DistInfo) -> dict[str, Any] | None:
         "step": objs.progress.step,
         "rng": [p["rng"] for p in per_rank],
         "loader": [p["loader"] for p in per_rank],
+        "epoch_sums": [p["epoch_sums"] for p in per_rank],
         "world_size": info.world_size,
         "config": dict(objs.config),
     }
@@ -100,6 +104,7 @@ def restore(objs: TrainObjects, state: dict[str, Any], info: DistInfo) -> None:
     if int(state.get("world_size", 1)) == info.world_size:
         restore_rng(state["rng"][info.rank])
         objs.train_loader.load_state_dict(state["loader"][info.rank])
+        objs.progress.epoch_sums = state.get("epoch_sums", [None] * info.world_size)[info.rank]
     else:
         log.warning("checkpoint was written with world size %s, this run has %d: RNG and loader positions are "
                     "reset, so results will differ from an uninterrupted run", state.get("world_size"), info.world_size)
