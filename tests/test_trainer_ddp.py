@@ -127,3 +127,10 @@ def test_single_process_max_steps_then_explicit_resume(shards, tmp_path):
     rows = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
     assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3, 4] and "resumed from" in proc.stdout
     assert torch.load(tmp_path / "checkpoint-00000004.pth", weights_only=True)["epoch"] == 0  # still mid-epoch
+
+
+def test_plot_cli_redraws_a_run(straight, tmp_path):
+    from trainer.plot import main as plot_main
+
+    assert plot_main([str(straight[0]), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
