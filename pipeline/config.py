@@ -10,7 +10,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 CROP_MODES = ("translate", "random_resized")
 NORMALIZATIONS = ("mean_image", "channel")
 FORMATS = ("auto", "contract", "wds")
-DEVICES = ("cpu", "gpu")
+DEVICES = ("cpu", "gpu")  # ImageNetLoader turns device="auto" into "gpu" when CUDA is available, else "cpu"
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class LoaderConfig:
 
     split: str = "train"
     batch_size: int = 128
-    device: str = "gpu"
+    device: str = "gpu"  # "gpu" or "cpu" ("auto" is resolved by ImageNetLoader)
     crop_size: int = 224
     num_threads: int = 4
     seed: int = 0

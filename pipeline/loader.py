@@ -48,6 +48,8 @@ class ImageNetLoader:
         for name in ("mean", "std"):
             if options.get(name) is not None:
                 options[name] = tuple(float(v) for v in options[name])
+        if options.get("device", "auto") == "auto":
+            options["device"] = "gpu" if torch.cuda.is_available() else "cpu"
         self.root = str(root)
         self.config = LoaderConfig(**options)
         self.dist: DistInfo = dist_from_env(rank, world_size, local_rank)

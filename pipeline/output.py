@@ -1,4 +1,10 @@
-"""DALI outputs to torch tensors: one copy into a tensor that the caller owns (DALI reuses its buffers)."""
+"""DALI outputs to torch tensors.
+
+CPU: zero-copy through DLPack. DALI's dynamic executor (the default since DALI 2.0) does not recycle an output
+buffer while something still references it, so the tensor stays valid after later batches; a copy of each
+float32 batch (77 MB at 128 x 3 x 224 x 224) cost a third of the CPU loader's throughput.
+GPU: one device-to-device copy on torch's current stream, which orders it after DALI's work on its own stream.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,14 @@ __all__ = ["to_torch", "parse_class_labels"]
 
 
 def to_torch(batch, device: torch.device) -> torch.Tensor:
-    """A DALI TensorList (uniform shape, CPU or GPU) -> a new torch tensor on `device`."""
+    """A DALI TensorList (uniform shape, CPU or GPU) -> a torch tensor on `device` that the caller owns."""
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
     tensor = batch.as_tensor()
+    if device.type == "cpu":
+        return torch.from_dlpack(tensor)
     out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=device)
-    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    feed_ndarray(tensor, out, cuda_stream=stream)
+    feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
     return out
 
 

@@ -116,10 +116,11 @@ def coded_stats(mean_image: np.ndarray) -> Stats:
     )
 
 
-def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7) -> CodedBuild:
+def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7, mutate=None) -> CodedBuild:
     """A complete shard root (manifest, stats, mean image, indexed shards) of position-coded images.
 
     Each sample's label is its global index (val starts at 1000), so labels identify samples exactly.
+    `mutate(index, members) -> members` may change a sample before it is written (for bad-input tests).
     """
     root = str(root)
     jpegs = {i: encode_jpeg(coded_pixels(i)) for i in range(16)}  # the image depends on index % 16 only
@@ -134,7 +135,8 @@ def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7)
             for i in range(first, min(count, first + shard_size)):
                 index = offset + i
                 labels[split][index] = index
-                samples.append((sample_key(index), sample_members(index, index, jpegs[index % 16])))
+                members = sample_members(index, index, jpegs[index % 16])
+                samples.append((sample_key(index), mutate(index, members) if mutate else members))
             shards.append(write_shard(posixpath.join(root, split, shard_name(split, len(shards))), samples))
         splits[split] = SplitInfo(tuple(shards))
         offset += 1000

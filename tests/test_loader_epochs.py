@@ -121,3 +121,11 @@ def test_leaving_an_epoch_early_then_iterating_starts_the_next_epoch(coded_build
     batches(train, 2)
     assert train.epoch == 0
     assert len(epoch_labels(train)) == 40 and train.epoch == 2
+
+
+def test_batches_stay_valid_after_later_batches(coded_build):
+    """The CPU path hands out DALI's buffers without a copy: they must not be overwritten by later batches."""
+    kept = [(images, labels) for images, labels in loader(coded_build, split="train", batch_size=8, seed=9)]
+    copies = [(i.clone(), y.clone()) for i, y in loader(coded_build, split="train", batch_size=8, seed=9)]
+    for (a, la), (b, lb) in zip(kept, copies, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)

@@ -1,0 +1,174 @@
+"""Loader throughput against a webdataset + PIL + torch DataLoader baseline and against the decoder's limit.
+
+    python bench/loader_bench.py                      # generated sample build (cached in bench/out/)
+    python bench/loader_bench.py shards/ --seconds 20 --threads 2
+
+Measures, in one run and on the same cores (train split, random crop_size crops, flips, PCA lighting,
+mean-image subtraction, float32 NCHW batches):
+  (a) ours: ImageNetLoader in CPU mode with `--threads` DALI threads;
+  (b) baseline: webdataset + PIL decode + NumPy/torch augmentations in a torch DataLoader with `--threads` workers;
+  (c) the limit: libjpeg-turbo (simplejpeg) decoding the same 256x256 JPEGs at full size, nothing else, in
+      `--threads` processes over the tar members already in memory.
+and prints images/s, ours/baseline (target >= 3x) and ours/limit (target >= 70%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tarfile
+import time
+from multiprocessing import Pool
+
+import numpy as np
+import simplejpeg
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline import ImageNetLoader  # noqa: E402
+from pipeline.contract import load_manifest, load_mean_image, load_stats  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+
+def sample_build(per_class: int) -> str:
+    """A build of `preprocess make-sample` (10 classes), made once and cached in bench/out/."""
+    from preprocess.build import BuildConfig, build_shards
+    from preprocess.sample import SampleConfig, make_sample
+
+    root = os.path.join(OUT, f"loader-sample-{per_class}")
+    if os.path.exists(os.path.join(root, "shards", "manifest.json")):
+        return os.path.join(root, "shards")
+    print(f"generating a sample build ({10 * per_class} train images) in {root} ...", flush=True)
+    make_sample(
+        SampleConfig(out=os.path.join(root, "src"), classes=10, train_per_class=per_class, val_per_class=5, overwrite=True)
+    )
+    build_shards(
+        BuildConfig(
+            src=os.path.join(root, "src"), out=os.path.join(root, "shards"), shard_size=256, overwrite=True, progress=False
+        )
+    )
+    return os.path.join(root, "shards")
+
+
+def measure(batches, seconds: float, warmup: int = 2) -> float:
+    """Images/s over about `seconds`, after `warmup` batches (pipeline start, worker spawn)."""
+    it = batches()
+    for _ in range(warmup):
+        next(it)
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        images += len(next(it)[1])
+    return images / (time.perf_counter() - start)
+
+
+def forever(make_iterable):
+    while True:
+        yield from make_iterable()
+
+
+# (a) ours ------------------------------------------------------------------------------------------------------------
+
+
+def ours(root: str, threads: int, batch: int, crop: int, seconds: float) -> float:
+    loader = ImageNetLoader(root, split="train", batch_size=batch, device="cpu", crop_size=crop, num_threads=threads)
+    return measure(lambda: forever(lambda: loader), seconds)
+
+
+# (b) baseline --------------------------------------------------------------------------------------------------------
+
+
+class BaselineAugment:
+    """The same augmentations, written the usual way: PIL decode, NumPy crop/flip, torch float ops."""
+
+    def __init__(self, mean_image: np.ndarray, eigval, eigvec, crop: int, lighting_std: float = 0.1):
+        self.mean = torch.from_numpy(mean_image * 255).permute(2, 0, 1).contiguous()  # [3, 256, 256]
+        self.basis = torch.tensor(np.asarray(eigvec) * np.asarray(eigval)[None, :] * 255, dtype=torch.float32)
+        self.crop, self.std = crop, lighting_std
+
+    def __call__(self, sample):
+        from PIL import Image
+
+        jpeg, label = sample
+        image = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        y, x = np.random.randint(0, image.shape[0] - self.crop + 1), np.random.randint(0, image.shape[1] - self.crop + 1)
+        tensor = torch.from_numpy(image[y : y + self.crop, x : x + self.crop]).permute(2, 0, 1).float()
+        tensor = tensor - self.mean[:, y : y + self.crop, x : x + self.crop]
+        tensor += (self.basis @ (torch.randn(3) * self.std))[:, None, None]
+        if np.random.rand() < 0.5:
+            tensor = tensor.flip(2)
+        return tensor, int(label)
+
+
+def baseline(root: str, threads: int, batch: int, crop: int, seconds: float) -> float:
+    import webdataset as wds
+
+    stats = load_stats(root)
+    augment = BaselineAugment(load_mean_image(root, stats), stats.eigval, stats.eigvec, crop)
+    urls = load_manifest(root).splits["train"].shard_paths(root, "train")
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
+        .shuffle(1000)
+        .to_tuple("jpg", "cls")
+        .map(augment)
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=threads, persistent_workers=True)
+    return measure(lambda: forever(lambda: loader), seconds)
+
+
+# (c) the decoder's limit ---------------------------------------------------------------------------------------------
+
+
+def _decode_all(jpegs: list[bytes]) -> int:
+    for data in jpegs:
+        simplejpeg.decode_jpeg(data, "RGB")
+    return len(jpegs)
+
+
+def decode_limit(root: str, threads: int, seconds: float) -> float:
+    jpegs = []
+    for path in load_manifest(root).splits["train"].shard_paths(root, "train"):
+        with tarfile.open(path) as tar:
+            jpegs += [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+    chunks = [jpegs[i::threads] for i in range(threads)]
+    with Pool(threads) as pool:
+        pool.map(_decode_all, [c[:20] for c in chunks])  # warm up the workers
+        images, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            images += sum(pool.map(_decode_all, chunks))
+        return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", help="shard root of `preprocess build-shards` (default: a generated sample)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per contender")
+    parser.add_argument("--threads", type=int, default=2, help="DALI threads / DataLoader workers / decode processes")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--per-class", type=int, default=150, help="train images per class of the generated sample")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    root = args.root or sample_build(args.per_class)
+    print(
+        f"{root}: {load_manifest(root).splits['train'].samples} train images; {args.threads} threads; "
+        f"{os.cpu_count()} cores; batch {args.batch_size}, crop {args.crop}; {args.seconds:.0f} s each",
+        flush=True,
+    )
+    limit = decode_limit(root, args.threads, args.seconds)
+    print(f"{'(c) limit: libjpeg-turbo decode only, full 256x256':52s} {limit:9.1f} images/s", flush=True)
+    base = baseline(root, args.threads, args.batch_size, args.crop, args.seconds)
+    print(f"{'(b) baseline: webdataset + PIL + DataLoader':52s} {base:9.1f} images/s", flush=True)
+    mine = ours(root, args.threads, args.batch_size, args.crop, args.seconds)
+    print(f"{'(a) ours: ImageNetLoader, DALI CPU':52s} {mine:9.1f} images/s", flush=True)
+    print()
+    print(f"ours / baseline: {mine / base:.2f}x   (target >= 3x)")
+    print(f"ours / limit:    {mine / limit:.0%}   (target >= 70%)")
+
+
+if __name__ == "__main__":
+    main()
