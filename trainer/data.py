@@ -1,0 +1,54 @@
+"""The trainer's only contact with `pipeline`: building loaders and timing how long a step waits for data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.dist import DistInfo
+
+__all__ = ["make_loader", "timed", "loader_dtype"]
+
+_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def loader_dtype(cfg: TrainConfig, info: DistInfo) -> torch.dtype:
+    """Half-precision images only where autocast runs in half precision anyway (CUDA); float32 elsewhere."""
+    return _DTYPES[cfg.amp] if info.device.startswith("cuda") else torch.float32
+
+
+def make_loader(cfg: TrainConfig, info: DistInfo, split: str, *, ten_crop: bool = False) -> Any:
+    """A `pipeline.ImageNetLoader` for this rank: the global rank shards the data (STYLE.md habit 5)."""
+    from pipeline import ImageNetLoader  # heavy (DALI): imported where used
+
+    return ImageNetLoader(
+        cfg.data,
+        split=split,
+        batch_size=cfg.batch_size,
+        device="gpu" if info.device.startswith("cuda") else "cpu",
+        crop_size=cfg.crop_size,
+        num_threads=cfg.workers,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        local_rank=info.local_rank,
+        dtype=str(loader_dtype(cfg, info)).removeprefix("torch."),  # the loader takes "float32", "bfloat16", ...
+        channels_last=cfg.channels_last,
+        ten_crop=ten_crop,
+    )
+
+
+def timed(loader: Iterable) -> Iterator[tuple[float, Any]]:
+    """Yields (seconds blocked in next(loader), batch): the data-wait part of each step."""
+    it = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield time.perf_counter() - start, batch

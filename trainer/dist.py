@@ -1,0 +1,106 @@
+"""Every `torch.distributed` call of the trainer, behind a frozen `DistInfo` that falls back to one process.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain `python trainer/main.py` sets none and runs as rank 0 of 1.
+Ranks are the GLOBAL rank for shards and seeds (STYLE.md habit 5); the local rank only picks the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_reduce_sum", "all_gather_objects", "broadcast_object"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and logs (STYLE.md habit 6)."""
+        return self.rank == 0
+
+
+def setup(device: str) -> DistInfo:
+    """Initialises the process group when launched by torchrun: NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but no CUDA device is available (use --device cpu)")
+        torch.cuda.set_device(local_rank)
+        device_name = f"cuda:{local_rank}"
+    else:
+        device_name = "cpu"
+        # Ranks on one machine share its cores: without this each one starts a thread per core and they thrash.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+    if world_size > 1 and not tdist.is_initialized():
+        _init_process_group("nccl" if device == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank, local_world_size, device_name)
+
+
+def _init_process_group(backend: str) -> None:
+    """init_process_group on torchrun's store, under a key prefix per restart attempt.
+
+    torchrun (torch >= 2.5) shares its rendezvous TCPStore with the workers, and the store outlives a restart:
+    without a prefix, restarted workers can read the previous attempt's gloo/NCCL addresses and fail to
+    connect (pytorch/pytorch#135712). All workers of a node are restarted together, so TORCHELASTIC_RESTART_COUNT
+    is the same for all of them.
+    """
+    store, rank, world_size = next(tdist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = tdist.PrefixStore(f"trainer/attempt-{attempt}", store)
+    tdist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.distributed and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        tdist.barrier()
+
+
+def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
+    """Sums `tensor` over ranks in place (identity on one process) and returns it."""
+    if info.distributed:
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
+    """Picklable `obj` from every rank, indexed by rank (used for per-rank RNG states in checkpoints)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(info: DistInfo, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
