@@ -25,6 +25,11 @@ demo: $(STAMP)
 	$(BIN)/preprocess make-sample --out $(SAMPLE) --overwrite
 	$(BIN)/preprocess build-shards --src $(SAMPLE) --out $(SHARDS) --shard-size 128 --overwrite
 	$(BIN)/preprocess verify $(SHARDS)
+	rm -rf runs/demo
+	# Demo-sized settings for 2 CPU cores (see README): alexnet-bn at half width on 128-pixel crops.
+	$(BIN)/torchrun --standalone --nproc_per_node=2 trainer/main.py --device cpu --data $(SHARDS) --out runs/demo \
+		--arch alexnet-bn --width 0.5 --crop-size 128 --batch-size 32 --epochs 5 --lr 0.02 --schedule cosine \
+		--workers 1 --ten-crop
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

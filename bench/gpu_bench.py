@@ -1,0 +1,107 @@
+"""Does the loader keep a GPU busy? Loader throughput and the data-wait share of real AlexNet training steps.
+
+    python bench/gpu_bench.py shards/                      # any CUDA machine; shards from `preprocess build-shards`
+    python bench/gpu_bench.py shards/ --batch-size 256 --threads 8 --steps 200
+
+Prints, in one run on one GPU:
+- the loader alone (`device="gpu"`: nvJPEG / hardware "mixed" decode + GPU augmentation), images/s;
+- the baseline: AlexNet training steps (bf16 autocast, channels_last, SGD) on one batch already resident on the GPU,
+  i.e. the speed with a perfect loader, images/s;
+- the same steps fed by the loader, images/s, their ratio to the baseline, and the fraction of step time spent
+  waiting in `next(loader)`. The loader keeps up when that fraction is small and the ratio is close to 1.
+
+This is the same `ImageNetLoader` graph the CPU tests run; only `device` differs. It cannot run without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pipeline import ImageNetLoader  # noqa: E402
+from pipeline.contract import load_manifest  # noqa: E402
+from trainer.model import build_model  # noqa: E402
+
+
+def batches(loader):
+    """Endless batches: epochs follow each other, as in training."""
+    while True:
+        yield from loader
+
+
+def loader_rate(it, steps: int) -> float:
+    for _ in range(5):  # warm-up: pipeline start, decoder allocations
+        next(it)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        images, _ = next(it)
+    torch.cuda.synchronize()
+    return steps * images.shape[0] / (time.perf_counter() - start)
+
+
+def train_rate(model, optimizer, next_batch, steps: int) -> tuple[float, float]:
+    """(images/s, fraction of wall time spent in next_batch) for `steps` AlexNet training steps."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(images, labels):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(model(images.contiguous(memory_format=torch.channels_last)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(5):
+        step(*next_batch())
+    torch.cuda.synchronize()
+    waited, count = 0.0, 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        images, labels = next_batch()
+        waited += time.perf_counter() - t0
+        step(images, labels)
+        count += images.shape[0]
+    torch.cuda.synchronize()
+    return count / (time.perf_counter() - start), waited / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="shards root (local path or fsspec URL)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1), help="DALI CPU threads")
+    parser.add_argument("--steps", type=int, default=100)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_bench needs a CUDA GPU (the CPU path is measured by bench/loader_bench.py)")
+
+    torch.backends.cudnn.benchmark = True
+    loader = ImageNetLoader(args.root, split="train", batch_size=args.batch_size, device="gpu",
+                            crop_size=args.crop_size, num_threads=args.threads, seed=0, rank=0, world_size=1)  # fmt: skip
+    model = build_model("alexnet", load_manifest(args.root).num_classes).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    it = batches(loader)
+    alone = loader_rate(it, args.steps)
+    resident = tuple(t.clone() for t in next(it))
+    ideal, _ = train_rate(model, optimizer, lambda: resident, args.steps)
+    fed, wait = train_rate(model, optimizer, lambda: next(it), args.steps)
+
+    print(f"{torch.cuda.get_device_name()}, batch {args.batch_size}, crop {args.crop_size}, {args.threads} DALI threads")
+    print(f"{'contender':52s} {'images/s':>10s}")
+    print(f"{'loader alone (mixed decode + GPU augmentation)':52s} {alone:10.0f}")
+    print(f"{'baseline: AlexNet bf16 steps on a resident batch':52s} {ideal:10.0f}")
+    print(f"{'AlexNet bf16 steps fed by the loader':52s} {fed:10.0f}")
+    print()
+    print(f"fed / resident: {fed / ideal:.2f}   data-wait fraction of step time: {wait:.1%}   (the loader keeps up: < 10%)")
+
+
+if __name__ == "__main__":
+    main()
