@@ -105,3 +105,31 @@ def test_report_from_confusion_counts_every_sample(tmp_path):
     assert doc["cat"]["support"] == 4 and doc["dog"]["support"] == 2 and doc["accuracy"] == pytest.approx(5 / 6)
     path = write_report(str(tmp_path), torch.tensor(confusion), [{"index": 0, "wnid": "n1"}, {"index": 1, "wnid": "n2"}])
     assert "n1" in open(path).read() and (tmp_path / "report.json").exists()
+
+
+def test_resident_batch_repeats_the_first_batch_for_an_epoch_and_passes_state_through():
+    """--synthetic-data (the trainer benchmark's baseline) trains on the loader's first batch, len(loader) times."""
+    from trainer.data import ResidentBatch
+
+    class Loader:
+        def __init__(self):
+            self.state = {"epoch": 0}
+
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            return iter([(torch.full((2, 3), float(i)), torch.tensor([i, i])) for i in range(3)])
+
+        def state_dict(self):
+            return self.state
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    resident = ResidentBatch(Loader())
+    batches = list(resident)
+    assert len(batches) == len(resident) == 3
+    assert all(torch.equal(images, torch.zeros(2, 3)) and labels.tolist() == [0, 0] for images, labels in batches)
+    resident.load_state_dict({"epoch": 4})
+    assert resident.state_dict() == {"epoch": 4}

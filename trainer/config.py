@@ -57,6 +57,7 @@ class TrainConfig:
     chance_steps: int = 200
     chance_tolerance: float = 0.05
     chance_dominance: float = 0.9
+    synthetic_data: bool = False
 
     def __post_init__(self):
         checks = {
@@ -138,6 +139,8 @@ _HELP = {
     "chance_steps": "steps at chance level (loss near ln(classes) or one class predicted) before a LOUD warning",
     "chance_tolerance": "relative distance from ln(classes) that still counts as chance loss",
     "chance_dominance": "fraction of predictions going to a single class that counts as collapsed",
+    "synthetic_data": "benchmark only: train on the loader's first batch, resident, for every step (the speed of a "
+    "perfect loader; bench/trainer_bench.py compares it with the real one)",
 }
 
 

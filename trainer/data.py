@@ -11,7 +11,7 @@ import torch
 from trainer.config import TrainConfig
 from trainer.dist import DistInfo
 
-__all__ = ["make_loader", "timed", "loader_dtype"]
+__all__ = ["make_loader", "timed", "loader_dtype", "ResidentBatch"]
 
 _DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,6 +40,31 @@ def make_loader(cfg: TrainConfig, info: DistInfo, split: str, *, ten_crop: bool 
         channels_last=cfg.channels_last,
         ten_crop=ten_crop,
     )
+
+
+class ResidentBatch:
+    """A stand-in for the train loader that yields its first batch again and again, already in memory.
+
+    The trainer then runs exactly its usual steps with a loader that costs nothing: the baseline against which
+    `bench/trainer_bench.py` measures how much the real loader slows training down. State calls go to the real
+    loader, so checkpoints keep working.
+    """
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.batch = tuple(t.clone() for t in next(iter(loader)))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.batch for _ in range(len(self.loader)))
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
 
 
 def timed(loader: Iterable) -> Iterator[tuple[float, Any]]:

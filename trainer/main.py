@@ -22,7 +22,7 @@ from trainer import dist, faults, state  # noqa: E402
 from trainer.chance import ChanceDetector  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 from trainer.config import TrainConfig, parse_args  # noqa: E402
-from trainer.data import make_loader  # noqa: E402
+from trainer.data import ResidentBatch, make_loader  # noqa: E402
 from trainer.dist import DistInfo  # noqa: E402
 from trainer.loop import Progress, StepContext, evaluate, train_one_epoch  # noqa: E402
 from trainer.metrics import MetricsWriter  # noqa: E402
@@ -73,6 +73,8 @@ def train(cfg: TrainConfig, info: DistInfo) -> dict:
     amp_dtype, use_compile = resolve_features(cfg, info)
 
     train_loader = make_loader(cfg, info, "train")
+    if cfg.synthetic_data:
+        train_loader = ResidentBatch(train_loader)
     val_loader = make_loader(cfg, info, "val")
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
