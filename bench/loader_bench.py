@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="DALI threads / DataLoader workers / decode processes")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--crop", type=int, default=224)
-    parser.add_argument("--per-class", type=int, default=150, help="train images per class of the generated sample")
+    parser.add_argument("--per-class", type=int, default=300, help="train images per class of the generated sample")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

@@ -1,27 +1,33 @@
 """Turns a DALI failure into a `ShardError` that names the shard (and the sample key when it can).
 
 DALI's messages usually name the file (``<tar>:<offset>:<key>.jpg`` for a decode error, the index file for a
-malformed or truncated shard). When one does not, the shards are checked one by one, the cheap way first:
-existence and size against the manifest, index entries inside the file, then each image decoded with Pillow.
+malformed or truncated shard). When one does not (its ROI decoder reports only "nvImageCodec failure"), the
+shards are checked one by one, the cheap way first: existence and size against the manifest, then each image
+decoded. Decoding a whole ImageNet split takes a while, so that search stops after `budget_s` seconds and says so.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import tarfile
+import time
 
 from pipeline.errors import LoaderError, ShardError
 from pipeline.sources import ShardSet
 
-__all__ = ["explain_failure", "find_bad_shard"]
+__all__ = ["explain_failure", "find_bad_shard", "SEARCH_BUDGET_S"]
+
+log = logging.getLogger(__name__)
+SEARCH_BUDGET_S = 120.0
 
 _MEMBER = re.compile(r"(/[^\s\"']+?\.tar):(\d+):([^\s\"']+)")
 _INDEX = re.compile(r"index file at \"([^\"]+)\"")
 
 
-def explain_failure(error: Exception, shards: ShardSet) -> LoaderError:
+def explain_failure(error: Exception, shards: ShardSet, budget_s: float = SEARCH_BUDGET_S) -> LoaderError:
     """A `ShardError` naming the shard behind DALI's `error`, or a `LoaderError` with DALI's message."""
     message = str(error)
     dali_says = _summary(message)
@@ -40,11 +46,16 @@ def explain_failure(error: Exception, shards: ShardSet) -> LoaderError:
         if path in message:
             shard = shards.origin_of(path)
             return ShardError(f"shard {shard} cannot be read: {dali_says}", shard=shard)
-    found = find_bad_shard(shards)
+    log.warning("DALI failed without naming a shard (%s); checking the %d shards of %r for %.0f s at most",
+                dali_says, len(shards.paths), shards.split, budget_s)  # fmt: skip
+    found = find_bad_shard(shards, budget_s)
     if found is not None:
         shard, key, why = found
         return ShardError(f"shard {shard}: {why} (DALI: {dali_says})", shard=shard, key=key)
-    return LoaderError(f"DALI failed reading split {shards.split!r} ({len(shards.paths)} shards): {dali_says}")
+    return LoaderError(
+        f"DALI failed reading split {shards.split!r} ({len(shards.paths)} shards) and no bad shard was found "
+        f"within {budget_s:.0f} s (run `preprocess verify`): {dali_says}"
+    )
 
 
 def _summary(message: str) -> str:
@@ -56,8 +67,9 @@ def _summary(message: str) -> str:
     return " ".join(keep) or message.strip()
 
 
-def find_bad_shard(shards: ShardSet) -> tuple[str, str | None, str] | None:
-    """(shard, key, why) of the first shard that is missing, truncated, or holds an undecodable image."""
+def find_bad_shard(shards: ShardSet, budget_s: float = SEARCH_BUDGET_S) -> tuple[str, str | None, str] | None:
+    """(shard, key, why) of the first shard that is missing, truncated, or holds an undecodable image;
+    None if there is none, or none was found within `budget_s` seconds."""
     for path, size in zip(shards.paths, shards.sizes, strict=True):
         shard = shards.origin_of(path)
         if not os.path.exists(path):
@@ -65,10 +77,13 @@ def find_bad_shard(shards: ShardSet) -> tuple[str, str | None, str] | None:
         actual = os.path.getsize(path)
         if size is not None and actual != size:
             return shard, None, f"{actual} bytes, the manifest says {size} (truncated or rewritten)"
+    deadline = time.monotonic() + budget_s
     for path in shards.paths:
         problem = _scan(path)
         if problem is not None:
             return shards.origin_of(path), problem[0], problem[1]
+        if time.monotonic() > deadline:
+            break
     return None
 
 

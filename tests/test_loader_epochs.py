@@ -25,6 +25,17 @@ def test_train_epoch_yields_every_sample_once_and_len_counts_batches(coded_build
     assert batch_labels.dtype == torch.int64 and batch_labels.shape == (8,)
 
 
+@pytest.mark.parametrize("world_size, batch_size", [(1, 6), (3, 7)])
+def test_train_without_drop_last_still_yields_every_sample_once(coded_build, world_size, batch_size):
+    ranks = [
+        loader(coded_build, split="train", batch_size=batch_size, drop_last=False, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    assert len({len(r) for r in ranks}) == 1
+    for _ in range(2):  # padding never lands inside an epoch, whatever the shuffle buffer did
+        assert sorted(label for r in ranks for label in epoch_labels(r)) == sorted(coded_build.labels["train"])
+
+
 def test_train_drops_the_remainder(coded_build):
     train = loader(coded_build, split="train", batch_size=6)  # 40 = 6 * 6 + 4
     labels = epoch_labels(train)

@@ -136,3 +136,20 @@ def test_dali_messages_that_name_a_member_are_mapped_to_shard_and_key(coded_buil
     error = explain_failure(RuntimeError(message), shards)
     assert isinstance(error, ShardError) and (error.shard, error.key) == (shards.paths[4], "00000031")
     assert "Failed to decode sample #3" in str(error)
+
+
+def test_the_search_for_an_unnamed_bad_shard_is_bounded_in_time(copy_of):
+    from pipeline.diagnose import explain_failure
+    from pipeline.sources import find_shards
+
+    shard = str(copy_of / "train" / "train-000004.tar")
+    offset, size = member_offset(shard, "00000030.jpg")
+    with open(shard, "r+b") as f:
+        f.seek(offset + 600)
+        f.write(b"\xff\xd9" + b"\x00" * (size - 700))
+    shards = find_shards(str(copy_of), "train")
+    unnamed = RuntimeError("Error in CPU operator\nencountered:\nnvImageCodec failure: '#3'\n")
+    found = explain_failure(unnamed, shards)
+    assert isinstance(found, ShardError) and (found.shard, found.key) == (shard, "00000030")
+    gave_up = explain_failure(unnamed, shards, budget_s=0.0)  # checks one shard, then stops
+    assert type(gave_up) is LoaderError and "within 0 s" in str(gave_up) and "nvImageCodec failure" in str(gave_up)
