@@ -21,7 +21,8 @@ from pipeline.normalize import Normalization
 __all__ = [
     "translate_window",
     "random_resized_window",
-    "lighting_offset",
+    "lighting_alphas",
+    "channel_shift",
     "decode_window",
     "normalize_window",
     "ten_crops",
@@ -62,12 +63,20 @@ def _uniform_below(count):
     return fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
 
 
-def lighting_offset(norm: Normalization, std: float):
-    """PCA lighting (paper, section 4.1): eigvec @ (alpha * eigval) x255 with alpha ~ N(0, std), drawn once
-    per image; returns a per-image RGB offset, float [3] in 0..255 units (added to every pixel)."""
-    alpha = fn.random.normal(shape=[3], stddev=std)
-    basis = norm.lighting_basis()
-    return sum(alpha[j] * types.Constant(basis[:, j].copy()) for j in range(3))
+def lighting_alphas(std: float):
+    """PCA lighting's random part (paper, section 4.1): alpha ~ N(0, std), drawn once per image. -> float [1, 3]"""
+    return fn.random.normal(shape=[1, 3], stddev=std)
+
+
+def channel_shift(norm: Normalization, base: np.ndarray, alphas=None):
+    """What `crop_mirror_normalize` subtracts per channel: `base` minus the PCA lighting offset
+    eigvec @ (alpha * eigval) x255 (0..255 units). The 3x3 product is one affine `coord_transform` of the
+    alphas (M = -basis, T = base), instead of a handful of per-sample arithmetic operators. -> float [3]"""
+    if alphas is None:
+        return types.Constant(np.asarray(base, np.float32))
+    matrix = (-norm.lighting_basis()).flatten().tolist()
+    shifted = fn.coord_transform(alphas, M=matrix, T=np.asarray(base, np.float32).tolist())
+    return fn.reshape(shifted, shape=[3])
 
 
 def decode_window(jpegs, start, shape, decoder: str):
@@ -85,11 +94,11 @@ def normalize_window(
     crop: int,
     resized: bool = False,
     mirror=None,
-    offset=None,
+    alphas=None,
     dtype=types.FLOAT,
     layout: str = "CHW",
 ):
-    """Mean subtraction at the image's own window (mirrored with it), lighting, flip, layout and cast.
+    """Mean subtraction at the image's own window (mirrored with it), lighting (from `alphas`), flip, layout, cast.
 
     `images` are uint8 HWC crops already resized to crop x crop; `start`/`shape` give their window in the
     256x256 image, for the matching window of the mean image (resized too when `resized`).
@@ -100,11 +109,9 @@ def normalize_window(
         if resized:
             window = fn.resize(window, size=[crop, crop])
         images = images - window  # float HWC
-        mean = 0.0 if offset is None else -offset
-        std = 1.0
+        mean, std = channel_shift(norm, np.zeros(3, np.float32), alphas), 1.0
     else:
-        mean = types.Constant(norm.mean) if offset is None else types.Constant(norm.mean) - offset
-        std = norm.std.tolist()
+        mean, std = channel_shift(norm, norm.mean, alphas), norm.std.tolist()
     return fn.crop_mirror_normalize(
         images, mirror=0 if mirror is None else mirror, mean=mean, std=std, dtype=dtype, output_layout=layout
     )

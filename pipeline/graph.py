@@ -19,7 +19,7 @@ from nvidia.dali import fn, pipeline_def, types
 from pipeline.augment import (
     DALI_DTYPES,
     decode_window,
-    lighting_offset,
+    lighting_alphas,
     normalize_window,
     random_resized_window,
     ten_crops,
@@ -73,10 +73,10 @@ def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decode
     if resized:
         images = fn.resize(images, size=[cfg.crop_size, cfg.crop_size])
     mirror = fn.random.coin_flip(probability=0.5)
-    offset = lighting_offset(norm, cfg.lighting_std) if cfg.lighting_std > 0 else None
+    alphas = lighting_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
     return normalize_window(
         images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, resized=resized, mirror=mirror,
-        offset=offset, dtype=DALI_DTYPES[cfg.dtype], layout=_layout(cfg),
+        alphas=alphas, dtype=DALI_DTYPES[cfg.dtype], layout=_layout(cfg),
     )  # fmt: skip
 
 
