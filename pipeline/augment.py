@@ -17,6 +17,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
 from pipeline.normalize import Normalization
+from pipeline.windows import ten_crop_windows
 
 __all__ = [
     "translate_window",
@@ -93,6 +94,7 @@ def normalize_window(
     shape,
     crop: int,
     resized: bool = False,
+    subtract_mean: bool = True,
     mirror=None,
     alphas=None,
     dtype=types.FLOAT,
@@ -101,10 +103,13 @@ def normalize_window(
     """Mean subtraction at the image's own window (mirrored with it), lighting (from `alphas`), flip, layout, cast.
 
     `images` are uint8 HWC crops already resized to crop x crop; `start`/`shape` give their window in the
-    256x256 image, for the matching window of the mean image (resized too when `resized`).
+    256x256 image, for the matching window of the mean image (resized too when `resized`). Without
+    `subtract_mean`, the mean image is left to `pipeline.mean_image` (torch, after the graph).
     -> float [3, crop, crop] (or HWC)
     """
-    if norm.mean_image is not None:
+    if norm.mean_image is not None and not subtract_mean:
+        mean, std = channel_shift(norm, np.zeros(3, np.float32), alphas), 1.0
+    elif norm.mean_image is not None:
         window = fn.slice(_const(norm.mean_image, dev), start=start, shape=shape, axis_names="HW")
         if resized:
             window = fn.resize(window, size=[crop, crop])
@@ -117,21 +122,12 @@ def normalize_window(
     )
 
 
-def ten_crops(images, norm: Normalization, dev: str, *, size: int, crop: int, dtype=types.FLOAT, layout="CHW"):
-    """Test-time 10 patches (paper, section 4.1): 4 corners + center, then their mirrors.
-    uint8 HWC [size, size, 3] -> [10, 3, crop, crop] (or [10, crop, crop, 3])"""
-    if norm.mean_image is not None:
-        images = images - _const(norm.mean_image, dev)  # once per image, before cropping
-        mean, std = 0.0, 1.0
-    else:
-        mean, std = norm.mean.tolist(), norm.std.tolist()
-    last, mid = size - crop, (size - crop) // 2
-    starts = [(0, 0), (0, last), (last, 0), (last, last), (mid, mid)]  # (y, x): TL, TR, BL, BR, center
+def ten_crops(images, norm: Normalization, *, size: int, crop: int, dtype=types.FLOAT, layout="CHW"):
+    """Test-time 10 patches (paper, section 4.1): 4 corners + center, then their mirrors; a mean image is left to
+    `pipeline.mean_image`. uint8 HWC [size, size, 3] -> [10, 3, crop, crop] (or [10, crop, crop, 3])"""
+    mean, std = (0.0, 1.0) if norm.mean_image is not None else (norm.mean.tolist(), norm.std.tolist())
     crops = []
-    for mirror in (0, 1):
-        for y, x in starts:
-            patch = fn.slice(images, start=[y, x], shape=[crop, crop], axis_names="HW")
-            crops.append(
-                fn.crop_mirror_normalize(patch, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=layout)
-            )
+    for y, x, mirror in ten_crop_windows(size, crop):
+        patch = fn.slice(images, start=[y, x], shape=[crop, crop], axis_names="HW")
+        crops.append(fn.crop_mirror_normalize(patch, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=layout))
     return fn.stack(*crops, axis=0)
