@@ -4,8 +4,9 @@ Every function takes `dev` ("cpu" or "gpu") and builds the same operators for ei
 path is the CPU path with one switch flipped and cannot rot unnoticed. Random parameters (crop windows,
 flips, lighting alphas) are drawn on the CPU by separate operators and fed to the kernels as arguments.
 Pixels stay uint8 until `crop_mirror_normalize`, which fuses the flip, the HWC->CHW transpose, the
-per-channel shift and the cast in one pass over the crop; the only full-crop float op is the mean-image
-subtraction, which needs a per-pixel operand.
+per-channel shift (channel mean and PCA lighting) and the cast in one pass over the crop. The per-pixel mean
+image is subtracted after the graph by `pipeline.mean_image` (cheaper there), except for random-resized crops,
+whose mean window must be resized like the image.
 """
 
 from __future__ import annotations
