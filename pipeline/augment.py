@@ -4,8 +4,9 @@ Every function takes `dev` ("cpu" or "gpu") and builds the same operators for ei
 path is the CPU path with one switch flipped and cannot rot unnoticed. Random parameters (crop windows,
 flips, lighting alphas) are drawn on the CPU by separate operators and fed to the kernels as arguments.
 Pixels stay uint8 until `crop_mirror_normalize`, which fuses the flip, the HWC->CHW transpose, the
-per-channel shift and the cast in one pass over the crop; the only full-crop float op is the mean-image
-subtraction, which needs a per-pixel operand.
+per-channel shift (channel mean and PCA lighting) and the cast in one pass over the crop. The per-pixel mean
+image is subtracted after the graph by `pipeline.mean_image` (cheaper there), except for random-resized crops,
+whose mean window must be resized like the image.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
 from pipeline.normalize import Normalization
+from pipeline.windows import ten_crop_windows
 
 __all__ = [
     "translate_window",
     "random_resized_window",
-    "lighting_offset",
+    "lighting_alphas",
+    "channel_shift",
     "decode_window",
     "normalize_window",
     "ten_crops",
@@ -62,12 +65,20 @@ def _uniform_below(count):
     return fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
 
 
-def lighting_offset(norm: Normalization, std: float):
-    """PCA lighting (paper, section 4.1): eigvec @ (alpha * eigval) x255 with alpha ~ N(0, std), drawn once
-    per image; returns a per-image RGB offset, float [3] in 0..255 units (added to every pixel)."""
-    alpha = fn.random.normal(shape=[3], stddev=std)
-    basis = norm.lighting_basis()
-    return sum(alpha[j] * types.Constant(basis[:, j].copy()) for j in range(3))
+def lighting_alphas(std: float):
+    """PCA lighting's random part (paper, section 4.1): alpha ~ N(0, std), drawn once per image. -> float [1, 3]"""
+    return fn.random.normal(shape=[1, 3], stddev=std)
+
+
+def channel_shift(norm: Normalization, base: np.ndarray, alphas=None):
+    """What `crop_mirror_normalize` subtracts per channel: `base` minus the PCA lighting offset
+    eigvec @ (alpha * eigval) x255 (0..255 units). The 3x3 product is one affine `coord_transform` of the
+    alphas (M = -basis, T = base), instead of a handful of per-sample arithmetic operators. -> float [3]"""
+    if alphas is None:
+        return types.Constant(np.asarray(base, np.float32))
+    matrix = (-norm.lighting_basis()).flatten().tolist()
+    shifted = fn.coord_transform(alphas, M=matrix, T=np.asarray(base, np.float32).tolist())
+    return fn.reshape(shifted, shape=[3])
 
 
 def decode_window(jpegs, start, shape, decoder: str):
@@ -84,47 +95,40 @@ def normalize_window(
     shape,
     crop: int,
     resized: bool = False,
+    subtract_mean: bool = True,
     mirror=None,
-    offset=None,
+    alphas=None,
     dtype=types.FLOAT,
     layout: str = "CHW",
 ):
-    """Mean subtraction at the image's own window (mirrored with it), lighting, flip, layout and cast.
+    """Mean subtraction at the image's own window (mirrored with it), lighting (from `alphas`), flip, layout, cast.
 
     `images` are uint8 HWC crops already resized to crop x crop; `start`/`shape` give their window in the
-    256x256 image, for the matching window of the mean image (resized too when `resized`).
+    256x256 image, for the matching window of the mean image (resized too when `resized`). Without
+    `subtract_mean`, the mean image is left to `pipeline.mean_image` (torch, after the graph).
     -> float [3, crop, crop] (or HWC)
     """
-    if norm.mean_image is not None:
+    if norm.mean_image is not None and not subtract_mean:
+        mean, std = channel_shift(norm, np.zeros(3, np.float32), alphas), 1.0
+    elif norm.mean_image is not None:
         window = fn.slice(_const(norm.mean_image, dev), start=start, shape=shape, axis_names="HW")
         if resized:
             window = fn.resize(window, size=[crop, crop])
         images = images - window  # float HWC
-        mean = 0.0 if offset is None else -offset
-        std = 1.0
+        mean, std = channel_shift(norm, np.zeros(3, np.float32), alphas), 1.0
     else:
-        mean = types.Constant(norm.mean) if offset is None else types.Constant(norm.mean) - offset
-        std = norm.std.tolist()
+        mean, std = channel_shift(norm, norm.mean, alphas), norm.std.tolist()
     return fn.crop_mirror_normalize(
         images, mirror=0 if mirror is None else mirror, mean=mean, std=std, dtype=dtype, output_layout=layout
     )
 
 
-def ten_crops(images, norm: Normalization, dev: str, *, size: int, crop: int, dtype=types.FLOAT, layout="CHW"):
-    """Test-time 10 patches (paper, section 4.1): 4 corners + center, then their mirrors.
-    uint8 HWC [size, size, 3] -> [10, 3, crop, crop] (or [10, crop, crop, 3])"""
-    if norm.mean_image is not None:
-        images = images - _const(norm.mean_image, dev)  # once per image, before cropping
-        mean, std = 0.0, 1.0
-    else:
-        mean, std = norm.mean.tolist(), norm.std.tolist()
-    last, mid = size - crop, (size - crop) // 2
-    starts = [(0, 0), (0, last), (last, 0), (last, last), (mid, mid)]  # (y, x): TL, TR, BL, BR, center
+def ten_crops(images, norm: Normalization, *, size: int, crop: int, dtype=types.FLOAT, layout="CHW"):
+    """Test-time 10 patches (paper, section 4.1): 4 corners + center, then their mirrors; a mean image is left to
+    `pipeline.mean_image`. uint8 HWC [size, size, 3] -> [10, 3, crop, crop] (or [10, crop, crop, 3])"""
+    mean, std = (0.0, 1.0) if norm.mean_image is not None else (norm.mean.tolist(), norm.std.tolist())
     crops = []
-    for mirror in (0, 1):
-        for y, x in starts:
-            patch = fn.slice(images, start=[y, x], shape=[crop, crop], axis_names="HW")
-            crops.append(
-                fn.crop_mirror_normalize(patch, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=layout)
-            )
+    for y, x, mirror in ten_crop_windows(size, crop):
+        patch = fn.slice(images, start=[y, x], shape=[crop, crop], axis_names="HW")
+        crops.append(fn.crop_mirror_normalize(patch, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=layout))
     return fn.stack(*crops, axis=0)

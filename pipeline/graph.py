@@ -14,26 +14,28 @@ Val is read in order, each rank always the same slice (`stick_to_shard`), so pas
 
 from __future__ import annotations
 
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.augment import (
     DALI_DTYPES,
     decode_window,
-    lighting_offset,
+    lighting_alphas,
     normalize_window,
     random_resized_window,
     ten_crops,
     translate_window,
 )
 from pipeline.config import LoaderConfig
+from pipeline.mean_image import subtracted_by_torch
 from pipeline.normalize import Normalization
 from pipeline.sharding import DistInfo
 from pipeline.sources import ShardSet
+from pipeline.windows import IMAGE_SIZE, center_start
 
 __all__ = ["build_pipeline", "READER_NAME", "augmentation_seed"]
 
 READER_NAME = "Reader"
-IMAGE_SIZE = 256
 
 
 def augmentation_seed(seed: int, rank: int) -> int:
@@ -64,6 +66,7 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
 
 
 def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str):
+    """-> (float crops, int32 [3] window (y, x, mirror) per image for the torch mean-image step, or None)"""
     if cfg.crop == "translate":
         start, shape = translate_window(IMAGE_SIZE, cfg.crop_size)
     else:
@@ -72,23 +75,40 @@ def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decode
     resized = cfg.crop == "random_resized"
     if resized:
         images = fn.resize(images, size=[cfg.crop_size, cfg.crop_size])
-    mirror = fn.random.coin_flip(probability=0.5)
-    offset = lighting_offset(norm, cfg.lighting_std) if cfg.lighting_std > 0 else None
-    return normalize_window(
-        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, resized=resized, mirror=mirror,
-        offset=offset, dtype=DALI_DTYPES[cfg.dtype], layout=_layout(cfg),
+    mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+    alphas = lighting_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
+    in_torch = subtracted_by_torch(cfg, norm)
+    images = normalize_window(
+        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, resized=resized, subtract_mean=not in_torch,
+        mirror=mirror, alphas=alphas, dtype=_dtype(cfg, norm), layout=_layout(cfg),
     )  # fmt: skip
+    windows = fn.cat(_as_node(start), fn.reshape(mirror, shape=[1])) if in_torch else None
+    return images, windows
 
 
 def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str):
-    layout, dtype = _layout(cfg), DALI_DTYPES[cfg.dtype]
+    """-> (float crops, None): val windows are fixed, the torch mean-image step knows them."""
+    layout, dtype = _layout(cfg), _dtype(cfg, norm)
     if cfg.ten_crop:
         images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)  # -> uint8 HWC [256, 256, 3]
-        return ten_crops(images, norm, dev, size=IMAGE_SIZE, crop=cfg.crop_size, dtype=dtype, layout=layout)
-    mid = (IMAGE_SIZE - cfg.crop_size) // 2
+        return ten_crops(images, norm, size=IMAGE_SIZE, crop=cfg.crop_size, dtype=dtype, layout=layout), None
+    mid = center_start(IMAGE_SIZE, cfg.crop_size)
     start, shape = [mid, mid], [cfg.crop_size, cfg.crop_size]
     images = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC center crop
-    return normalize_window(images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, dtype=dtype, layout=layout)
+    images = normalize_window(
+        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, subtract_mean=not subtracted_by_torch(cfg, norm),
+        dtype=dtype, layout=layout,
+    )  # fmt: skip
+    return images, None
+
+
+def _as_node(start):
+    return types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start
+
+
+def _dtype(cfg: LoaderConfig, norm: Normalization):
+    """float32 when torch still subtracts the mean image (it casts afterwards); else the requested type."""
+    return types.FLOAT if subtracted_by_torch(cfg, norm) else DALI_DTYPES[cfg.dtype]
 
 
 def _layout(cfg: LoaderConfig) -> str:
@@ -111,9 +131,9 @@ def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dis
     def imagenet():
         jpegs, labels = read_samples(shards, cfg, dist)
         make = train_images if cfg.training else val_images
-        images = make(jpegs, cfg, norm, dev, decoder)
+        images, windows = make(jpegs, cfg, norm, dev, decoder)
         if gpu and shards.format == "contract":
             labels = labels.gpu()
-        return images, labels
+        return (images, labels) if windows is None else (images, labels, windows)  # windows stay on the CPU
 
     return imagenet(checkpoint=checkpoint)

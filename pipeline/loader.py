@@ -20,6 +20,7 @@ from pipeline.config import LoaderConfig
 from pipeline.diagnose import explain_failure
 from pipeline.errors import LoaderError, ShardError
 from pipeline.graph import READER_NAME, build_pipeline
+from pipeline.mean_image import MeanImageSubtraction, subtracted_by_torch
 from pipeline.normalize import load_normalization
 from pipeline.output import parse_class_labels, to_torch
 from pipeline.sharding import DistInfo, EpochPlan, dist_from_env, plan_epoch
@@ -29,6 +30,7 @@ __all__ = ["ImageNetLoader"]
 
 log = logging.getLogger(__name__)
 _STATE_VERSION = 1
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ImageNetLoader:
@@ -59,6 +61,9 @@ class ImageNetLoader:
         self._check_sizes()
         self.norm = load_normalization(self.root, cfg, self.shards.format == "contract", eigval, eigvec)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "gpu" else "cpu")
+        self._mean_image = None
+        if subtracted_by_torch(cfg, self.norm):
+            self._mean_image = MeanImageSubtraction(self.norm.mean_image, cfg, self.device)
         self.epoch, self._batch, self._reader_batch = 0, 0, 0
         self._started, self._failed = False, None
         self._pipe = self._build()
@@ -100,10 +105,10 @@ class ImageNetLoader:
     def _epoch(self):
         # -> (images float [B, 3, crop, crop] or [B, 10, 3, crop, crop], labels int64 [B]) on self.device
         while self._batch < self.plan.batches:
-            images, labels = self._run()
+            outputs = self._run()
             valid = self.plan.valid_in_batch(self._batch)
             self._batch += 1
-            yield self._to_torch(images, labels, valid)
+            yield self._to_torch(outputs, valid)
         self._finish_epoch()
 
     def _finish_epoch(self) -> None:
@@ -124,15 +129,19 @@ class ImageNetLoader:
         self._reader_batch += 1
         return outputs
 
-    def _to_torch(self, images, labels, valid: int):
+    def _to_torch(self, outputs, valid: int):
+        images, labels = outputs[0], outputs[1]
         x = to_torch(images, self.device)
         if self.shards.format == "contract":
             y = to_torch(labels, self.device).view(-1)
         else:
             y = parse_class_labels(labels, self.shards.split).to(self.device)
         x, y = x[:valid], y[:valid]  # val: padding repeats a rank's last sample; it must not be counted twice
-        if self.config.dtype == "bfloat16":
-            x = x.to(torch.bfloat16)  # DALI has no bfloat16: it made float32
+        if self._mean_image is not None:
+            windows = to_torch(outputs[2], torch.device("cpu"))[:valid].tolist() if len(outputs) > 2 else None
+            x = self._mean_image(x, windows)  # DALI made float32 here
+        if x.dtype != _TORCH_DTYPES[self.config.dtype]:
+            x = x.to(_TORCH_DTYPES[self.config.dtype])  # DALI has no bfloat16
         if self.config.channels_last:  # DALI made NHWC: the same memory is NCHW in channels_last format
             x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.permute(0, 1, 4, 2, 3)
         return x, y

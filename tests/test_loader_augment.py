@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from loader_fixtures import (  # noqa: F401 - a fixture
     EIGVAL,
     EIGVEC,
@@ -184,3 +185,25 @@ def test_random_resized_crops_subtract_the_same_resized_mean_window(coded_build)
         # tolerances: JPEG error and the rounding of the resized uint8 image, times the mean's slope
         np.testing.assert_allclose(mean_window[0][inner], (76.5 + 0.2 * 255 / 256 * image[0])[inner], atol=1.0)
         np.testing.assert_allclose(mean_window[1][inner], (51.0 + 0.3 * 255 / 256 * image[1])[inner], atol=1.5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(split="train", lighting_std=0.1),
+        dict(split="val"),
+        dict(split="val", ten_crop=True),
+        dict(split="train", crop="random_resized", crop_size=96),
+    ],
+)
+def test_channels_last_and_half_types_hold_the_same_values(coded_build, options):
+    reference = make(coded_build, seed=4, **options)
+    images, labels = next(iter(reference))
+    for variant, tolerance in ((dict(channels_last=True), 0.0), (dict(dtype="float16"), 0.3), (dict(dtype="bfloat16"), 2.0)):
+        other = make(coded_build, seed=4, **options, **variant)
+        got, got_labels = next(iter(other))
+        assert got.shape == images.shape and torch.equal(got_labels, labels)
+        assert got.dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(variant.get("dtype"), torch.float32)
+        if variant.get("channels_last"):
+            assert got.permute(0, 2, 3, 1).is_contiguous() if got.dim() == 4 else got.permute(0, 1, 3, 4, 2).is_contiguous()
+        torch.testing.assert_close(got.float(), images, atol=tolerance, rtol=0.01 if tolerance else 0)
