@@ -131,3 +131,16 @@ def test_trainer_trains_a_few_steps_from_s3(s3_shards, tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3]
     final = [r for r in rows if r["kind"] == "eval"]
     assert len(final) == 1 and final[0]["val_count"] == 9  # the whole val split, read from S3 too
+
+
+def test_a_finished_build_on_s3_is_never_overwritten(s3_shards, s3):
+    """W4 on object storage: without --overwrite nothing is written over the finished build's objects."""
+    from preprocess.build import BuildAlreadyFinished
+    from preprocess.output import OutputExistsError
+
+    before = {p: s3.info(p)["ETag"] for p in s3.find("bucket/published")}
+    with pytest.raises(OutputExistsError, match="already holds a build"):
+        build_shards(quick_build_config("s3://bucket/src", s3_shards))
+    with pytest.raises(BuildAlreadyFinished, match="finished build"):
+        build_shards(quick_build_config("s3://bucket/src", s3_shards, resume=True))
+    assert {p: s3.info(p)["ETag"] for p in s3.find("bucket/published")} == before
