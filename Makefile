@@ -47,5 +47,5 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(SAMPLE) .pytest_cache
+	rm -rf $(VENV) $(SAMPLE) runs bench/out .pytest_cache
 	find $(SHARDS) -mindepth 1 ! -name README.md -delete
