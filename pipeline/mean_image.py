@@ -53,6 +53,13 @@ class MeanImageSubtraction:
         """In place. `windows` holds each image's (y, x, mirror); None for val's fixed windows."""
         if windows is None:
             return images.sub_(self.fixed)  # broadcast over the batch
+        if images.device.type == "cpu":
+            # NumPy on the same memory: single-threaded, so it does not fight DALI's threads for the cores the
+            # way torch's intra-op threads do in a process that left them at their default (-25% throughput).
+            out = images.numpy()
+            for image, (y, x, mirror) in zip(out, windows, strict=True):
+                np.subtract(image, self.window(y, x, mirror).numpy(), out=image)
+            return images
         for image, (y, x, mirror) in zip(images, windows, strict=True):
             image.sub_(self.window(y, x, mirror))
         return images
