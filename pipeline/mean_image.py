@@ -1,9 +1,10 @@
-"""Per-pixel mean-image subtraction (paper, section 2) at each crop's window, as in-place torch ops on the batch.
+"""Per-pixel mean-image subtraction (paper, section 2) at each crop's window, in place on the batch.
 
 Why not in the DALI graph: on the CPU, DALI's slice of the mean image plus the float subtraction cost about
 180 us per 224x224 image (a third of the loader's CPU time), while `tensor.sub_(mean_window_view)` costs about
-30 us: a view of the mean image needs no copy, and one image's output stays in cache. The same code runs on
-CUDA tensors for device="gpu" (one small kernel per image). The DALI graph emits the crop already mirrored,
+30 us: a view of the mean image needs no copy, and one image's output stays in cache. CPU batches are handled
+through NumPy views of the same memory (single-threaded; see `__call__`), CUDA batches by torch (one small kernel
+per image): the same windows, the same arithmetic. The DALI graph emits the crop already mirrored,
 transposed, lit and cast to float32; this step subtracts the mean image's window of that crop, mirrored with it.
 Random-resized crops keep the subtraction in DALI, because their mean window has to be resized too.
 """
