@@ -38,13 +38,14 @@ def clean_build(tiny_source, tmp_path_factory):
     return out
 
 
-def test_sigkill_mid_build_then_resume_is_byte_identical(tiny_source, clean_build, tmp_path):
+@pytest.mark.parametrize("finished_shards", [1, 5])  # killed early, and midway (11 shards in all)
+def test_sigkill_mid_build_then_resume_is_byte_identical(tiny_source, clean_build, tmp_path, finished_shards):
     out = tmp_path / "killed"
     cmd = [os.path.join(os.path.dirname(sys.executable), "preprocess"), "build-shards", "--src", str(tiny_source),
            "--out", str(out), "--shard-size", "3", "--workers", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / ".parts").is_dir() or len(os.listdir(out / ".parts")) < 2:
+    while not (out / ".parts").is_dir() or len(os.listdir(out / ".parts")) < finished_shards:
         assert proc.poll() is None and time.time() < deadline, "the build ended before it could be killed"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
