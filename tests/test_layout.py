@@ -193,3 +193,35 @@ def test_devkit_ground_truth_without_meta_asks_for_it(tmp_path):
     os.remove(src / "meta.mat")
     with pytest.raises(LayoutError, match=r"needs the devkit's meta.mat .* --devkit-meta"):
         discover(str(src), val_labels=gt)
+
+
+def test_devkit_labels_reach_the_shards_as_sorted_indices(tmp_path):
+    """L3 end to end: build-shards from the devkit's ids writes each val sample's sorted-wnid index in .cls and .lbl."""
+    import json
+    import tarfile
+
+    from click.testing import CliRunner
+
+    from pipeline.contract import decode_label
+    from preprocess.cli import main
+
+    ids = {1: sample_wnid(2), 2: sample_wnid(0), 3: sample_wnid(1)}  # devkit order differs from sorted order
+    by_wnid = {w: i for i, w in ids.items()}
+    src = sample(tmp_path, "flat-val")
+    truth = dict(line.split() for line in (src / "val_labels.txt").read_text().splitlines())
+    src, gt = devkit(src, ids, [str(by_wnid[truth[name]]) for name in sorted(truth)])
+    out = tmp_path / "shards"
+    result = CliRunner().invoke(main, ["build-shards", "--src", str(src), "--out", str(out), "--val-labels", gt,
+                                       "--workers", "1", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    seen = 0
+    for shard in sorted((out / "val").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                key, meta = name[: -len(".json")], json.loads(data)
+                expected = sorted(ids.values()).index(truth[os.path.basename(meta["src"])])
+                assert int(members[f"{key}.cls"]) == expected == decode_label(members[f"{key}.lbl"])
+                seen += 1
+    assert seen == len(truth) == 9
