@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader_bench.py
 	$(BIN)/python bench/trainer_bench.py
 ifneq ($(HAS_GPU),)
-	$(BIN)/python bench/gpu_bench.py bench/out/sample-shards
+	$(BIN)/python bench/gpu_bench.py
 endif
 
 lint: $(STAMP)

@@ -1,6 +1,7 @@
 """Does the loader keep a GPU busy? Loader throughput and the data-wait share of real AlexNet training steps.
 
     python bench/gpu_bench.py shards/                      # any CUDA machine; shards from `preprocess build-shards`
+    python bench/gpu_bench.py                              # the demo's generated sample
     python bench/gpu_bench.py shards/ --batch-size 256 --threads 8 --steps 200
 
 Prints, in one run on one GPU:
@@ -25,6 +26,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from samples import sample_build  # noqa: E402
+
 from pipeline import ImageNetLoader  # noqa: E402
 from pipeline.contract import load_manifest  # noqa: E402
 from trainer.model import build_model  # noqa: E402
@@ -80,7 +83,7 @@ def train_rate(model, optimizer, next_batch, steps: int, device: str) -> tuple[f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", help="shards root (local path or fsspec URL)")
+    parser.add_argument("root", nargs="?", help="shards root (default: the demo's generated sample)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1), help="DALI CPU threads")
@@ -90,11 +93,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_bench needs a CUDA GPU (the CPU path is measured by bench/loader_bench.py)")
 
+    root = args.root or sample_build(100, val_per_class=20, shard_size=128)
     torch.backends.cudnn.benchmark = True
     loader_device = "gpu" if args.device == "cuda" else "cpu"
-    loader = ImageNetLoader(args.root, split="train", batch_size=args.batch_size, device=loader_device,
+    loader = ImageNetLoader(root, split="train", batch_size=args.batch_size, device=loader_device,
                             crop_size=args.crop_size, num_threads=args.threads, seed=0, rank=0, world_size=1)  # fmt: skip
-    model = build_model("alexnet", load_manifest(args.root).num_classes).to(args.device)
+    model = build_model("alexnet", load_manifest(root).num_classes).to(args.device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 

@@ -30,30 +30,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samples import sample_build  # noqa: E402
+
 from pipeline import ImageNetLoader  # noqa: E402
 from pipeline.contract import load_manifest, load_mean_image, load_stats  # noqa: E402
-
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
-
-
-def sample_build(per_class: int) -> str:
-    """A build of `preprocess make-sample` (10 classes), made once and cached in bench/out/."""
-    from preprocess.build import BuildConfig, build_shards
-    from preprocess.sample import SampleConfig, make_sample
-
-    root = os.path.join(OUT, f"loader-sample-{per_class}")
-    if os.path.exists(os.path.join(root, "shards", "manifest.json")):
-        return os.path.join(root, "shards")
-    print(f"generating a sample build ({10 * per_class} train images) in {root} ...", flush=True)
-    make_sample(
-        SampleConfig(out=os.path.join(root, "src"), classes=10, train_per_class=per_class, val_per_class=5, overwrite=True)
-    )
-    build_shards(
-        BuildConfig(
-            src=os.path.join(root, "src"), out=os.path.join(root, "shards"), shard_size=256, overwrite=True, progress=False
-        )
-    )
-    return os.path.join(root, "shards")
 
 
 def cpu_seconds() -> float:
@@ -188,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    root = args.root or sample_build(args.per_class)
+    root = args.root or sample_build(args.per_class, val_per_class=5, shard_size=256)
     print(f"{root}: {load_manifest(root).splits['train'].samples} train images; {args.threads} threads; "
           f"{os.cpu_count()} cores; batch {args.batch_size}, crop {args.crop}; "
           f"{args.seconds:.0f} s each in {args.rounds} rounds (median)", flush=True)  # fmt: skip

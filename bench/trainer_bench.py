@@ -1,6 +1,6 @@
 """How much of a training step is spent waiting for data? The trainer on CPU with the demo's settings.
 
-    python bench/trainer_bench.py                 # the generated sample (built once into bench/out/)
+    python bench/trainer_bench.py                 # the demo's generated sample (built once into bench/out/)
     python bench/trainer_bench.py shards/ --steps 100 --nproc 2
 
 Runs `torchrun --nproc_per_node=N trainer/main.py` in two ways with the same settings and seed (interleaved rounds):
@@ -21,22 +21,12 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from samples import sample_build  # noqa: E402
+
 # The demo's settings (Makefile `demo`): 2 CPU ranks, alexnet-bn at half width on 128-pixel crops.
 DEMO_ARGS = ["--device", "cpu", "--arch", "alexnet-bn", "--width", "0.5", "--crop-size", "128", "--batch-size", "32",
              "--lr", "0.02", "--schedule", "cosine", "--workers", "1", "--epochs", "1000"]  # fmt: skip
-
-
-def sample_shards() -> str:
-    """The demo's sample, generated and built once (bench/out/ is git-ignored)."""
-    out = os.path.join(REPO, "bench", "out")
-    shards = os.path.join(out, "sample-shards")
-    if not os.path.exists(os.path.join(shards, "manifest.json")):
-        bin_dir = os.path.dirname(sys.executable)
-        preprocess = os.path.join(bin_dir, "preprocess")
-        subprocess.run([preprocess, "make-sample", "--out", os.path.join(out, "sample"), "--overwrite"], check=True)
-        subprocess.run([preprocess, "build-shards", "--src", os.path.join(out, "sample"), "--out", shards,
-                        "--shard-size", "128", "--overwrite", "--no-progress"], check=True)  # fmt: skip
-    return shards
 
 
 def run_trainer(shards: str, out: str, steps: int, nproc: int, interval: int, synthetic: bool) -> list[dict]:
@@ -70,7 +60,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=5, help="steps per measured interval")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best run of each counts")
     args = parser.parse_args()
-    shards = args.root or sample_shards()
+    shards = args.root or sample_build(100, val_per_class=20, shard_size=128)  # the demo's sample
     batch = 32 * args.nproc
 
     runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}

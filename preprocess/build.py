@@ -178,8 +178,7 @@ class _ShardAssembler:
     def add(self, result: ChunkResult) -> None:
         try:
             self._add(result)
-        except Exception as e:
-            self.abort()
+        except Exception as e:  # _build_locked then aborts the open shard, removing its temporary file
             name = f"{result.task.split}/{shard_name(result.task.split, result.task.shard)}"
             raise ShardWriteError(f"writing shard {self.out.path(name)} failed: {e}; the shard was discarded") from e
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 
-__all__ = ["is_devkit_ground_truth", "read_synset_ids", "read_ground_truth", "META_NAME"]
+__all__ = ["is_devkit_ground_truth", "read_synset_ids", "read_ground_truth", "default_meta_path", "META_NAME"]
 
 META_NAME = "meta.mat"
 

@@ -111,10 +111,10 @@ def _read_text(fs, path: str) -> str:
         return f.read().decode("utf-8")
 
 
-def _parse_labels_file(fs, path: str) -> dict[str, str]:
-    """Lines ``<file name> <wnid>`` -> {file stem: wnid}."""
+def _parse_labels_file(text: str, path: str) -> dict[str, str]:
+    """Lines ``<file name> <wnid>`` of the file at `path` -> {file stem: wnid}."""
     labels = {}
-    for lineno, line in enumerate(_read_text(fs, path).splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
@@ -155,10 +155,14 @@ def _stem(name: str) -> str:
     return base[: base.rfind(".")] if "." in base else base
 
 
-def _flat_val(fs, root: str, val_dir: str, labels: dict[str, str], labels_path: str) -> list[SourceItem]:
+def _flat_files(fs, val_dir: str) -> list[str]:
     subdirs, files = _listdir(fs, val_dir)
     if subdirs:
         raise LayoutError(f"{val_dir} mixes class folders and flat files; expected one or the other")
+    return files
+
+
+def _flat_val(root: str, val_dir: str, files: list[str], labels: dict[str, str], labels_path: str) -> list[SourceItem]:
     by_stem = {_stem(f): f for f in files}
     unlabelled = sorted(set(by_stem) - set(labels))
     missing = sorted(set(labels) - set(by_stem))
@@ -184,14 +188,6 @@ def _detect(fs, root: str) -> str:
             f"{KAGGLE_DATA}/train/<wnid>/; pass --layout to say which"
         )
     raise LayoutError(f"{root} matches several layouts {present}; pass --layout to choose one")
-
-
-def _devkit_labels(fs, val_dir: str, labels_path: str, text: str, devkit_meta: str | None) -> dict[str, str]:
-    from preprocess.devkit import default_meta_path, read_ground_truth, read_synset_ids
-
-    ids = read_synset_ids(fs, devkit_meta or default_meta_path(labels_path))
-    _, files = _listdir(fs, val_dir)
-    return read_ground_truth(text, labels_path, ids, [_stem(f) for f in files])
 
 
 def discover(
@@ -228,16 +224,17 @@ def discover(
         solution = posixpath.join(root, KAGGLE_VAL_SOLUTION)
         if not fs.exists(solution):
             raise LayoutError(f"kaggle layout needs {solution}")
-        val = _flat_val(fs, root, val_dir, _parse_kaggle_solution(fs, solution), solution)
+        val = _flat_val(root, val_dir, _flat_files(fs, val_dir), _parse_kaggle_solution(fs, solution), solution)
     elif val_labels is not None:
-        from preprocess.devkit import is_devkit_ground_truth
+        from preprocess.devkit import default_meta_path, is_devkit_ground_truth, read_ground_truth, read_synset_ids
 
-        text = _read_text(fs, val_labels)
+        text, files = _read_text(fs, val_labels), _flat_files(fs, val_dir)
         if is_devkit_ground_truth(text):
-            labels = _devkit_labels(fs, val_dir, val_labels, text, devkit_meta)
+            ids = read_synset_ids(fs, devkit_meta or default_meta_path(val_labels))
+            labels = read_ground_truth(text, val_labels, ids, [_stem(f) for f in files])
         else:
-            labels = _parse_labels_file(fs, val_labels)
-        val = _flat_val(fs, root, val_dir, labels, val_labels)
+            labels = _parse_labels_file(text, val_labels)
+        val = _flat_val(root, val_dir, files, labels, val_labels)
     elif fs.isdir(val_dir):
         subdirs, files = _listdir(fs, val_dir)
         if files and not subdirs:

@@ -38,9 +38,8 @@ def ustar_header(name: str, size: int) -> bytes:
     if len(encoded) > 100 or size >= 8**11:
         raise ValueError(f"member {name!r} of {size} bytes does not fit a plain USTAR header")
     head = encoded.ljust(100, b"\x00") + _MODE_IDS + b"%011o\x00" % size + _MTIME
-    tail = _AFTER_CHKSUM
-    checksum = sum(head) + 8 * 0x20 + sum(tail)  # the checksum field counts as eight spaces
-    header = head + b"%06o\x00 " % checksum + tail
+    checksum = sum(head) + 8 * 0x20 + sum(_AFTER_CHKSUM)  # the checksum field counts as eight spaces
+    header = head + b"%06o\x00 " % checksum + _AFTER_CHKSUM
     return header + b"\x00" * (BLOCK - len(header))
 
 

@@ -47,13 +47,12 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links
     from fsspec.implementations.local import LocalFileSystem
 
     fs, root = fsspec.core.url_to_fs(src)
-    confined = isinstance(fs, LocalFileSystem) and not follow_links
-    local_root = os.path.join(os.path.realpath(root), "") if confined else None
+    local = isinstance(fs, LocalFileSystem)
+    local_root = os.path.join(os.path.realpath(root), "") if local and not follow_links else None
     if own_process:
         import torch
 
         torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
-    local = isinstance(fs, LocalFileSystem)
     _STATE.update(fs=fs, local=local, local_root=local_root, size=size, quality=quality, max_pixels=max_pixels)
 
 

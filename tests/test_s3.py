@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
+import tarfile
 
 import fsspec
 import pytest
@@ -105,11 +108,8 @@ def test_loader_reads_s3_shards_through_a_verified_local_cache(s3_shards, tmp_pa
     labels = torch.cat([labels for _, labels in loader]).tolist()
     expected = []
     for shard in load_manifest(s3_shards).splits["val"].shards:  # the labels the shards hold, in order
-        with fsspec.open(f"{s3_shards}/val/{shard.name}", "rb") as f:
-            import tarfile
-
-            with tarfile.open(fileobj=f) as tar:
-                expected += [int(tar.extractfile(m).read()) for m in tar if m.name.endswith(".cls")]
+        with fsspec.open(f"{s3_shards}/val/{shard.name}", "rb") as f, tarfile.open(fileobj=f) as tar:
+            expected += [int(tar.extractfile(m).read()) for m in tar if m.name.endswith(".cls")]
     assert labels == expected and len(labels) == 9
     cached = sorted(p.name for p in cache.rglob("*.tar"))
     assert cached == ["val-000000.tar"]  # downloaded once, next to its verified-hash marker
@@ -117,9 +117,6 @@ def test_loader_reads_s3_shards_through_a_verified_local_cache(s3_shards, tmp_pa
 
 
 def test_trainer_trains_a_few_steps_from_s3(s3_shards, tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
     env = {**os.environ, "ALEXNET_PIPELINE_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "trainer/main.py", "--data", s3_shards, "--out", str(out), "--device", "cpu",

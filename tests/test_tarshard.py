@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import tarfile
 
 from preprocess.tarshard import ShardWriter
@@ -22,7 +23,7 @@ def tarfile_reference(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
 
 
 def test_shards_are_byte_identical_to_tarfile_and_the_index_points_at_the_data(tmp_path):
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     sizes = [0, 1, 511, 512, 513, 1024, 25_000, 10_240]
     samples = [
         (f"{i:08d}", {"cls": str(i).encode(), "jpg": os.urandom(sizes[i % len(sizes)]), "json": b"{}" * rng.randint(0, 300)})
