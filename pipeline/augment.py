@@ -3,10 +3,10 @@
 Every function takes `dev` ("cpu" or "gpu") and builds the same operators for either device, so the GPU
 path is the CPU path with one switch flipped and cannot rot unnoticed. Random parameters (crop windows,
 flips, lighting alphas) are drawn on the CPU by separate operators and fed to the kernels as arguments.
-Pixels stay uint8 until `crop_mirror_normalize`, which fuses the flip, the HWC->CHW transpose, the
-per-channel shift (channel mean and PCA lighting) and the cast in one pass over the crop. The per-pixel mean
-image is subtracted after the graph by `pipeline.mean_image` (cheaper there), except for random-resized crops,
-whose mean window must be resized like the image.
+Translate and center crops leave the graph as uint8 windows and are finished by `pipeline.finish` (one pass,
+cheaper than DALI's CPU operators); random-resized crops and ten crops are finished here, pixels staying uint8
+until `crop_mirror_normalize`, which fuses the flip, the HWC->CHW transpose, the per-channel shift (channel mean
+and PCA lighting) and the cast in one pass.
 """
 
 from __future__ import annotations
@@ -86,41 +86,19 @@ def decode_window(jpegs, start, shape, decoder: str):
     return fn.decoders.image_slice(jpegs, start=start, shape=shape, axis_names="HW", device=decoder, output_type=types.RGB)
 
 
-def normalize_window(
-    images,
-    norm: Normalization,
-    dev: str,
-    *,
-    start,
-    shape,
-    crop: int,
-    resized: bool = False,
-    subtract_mean: bool = True,
-    mirror=None,
-    alphas=None,
-    dtype=types.FLOAT,
-    layout: str = "CHW",
-):
-    """Mean subtraction at the image's own window (mirrored with it), lighting (from `alphas`), flip, layout, cast.
-
-    `images` are uint8 HWC crops already resized to crop x crop; `start`/`shape` give their window in the
-    256x256 image, for the matching window of the mean image (resized too when `resized`). Without
-    `subtract_mean`, the mean image is left to `pipeline.mean_image` (torch, after the graph).
-    -> float [3, crop, crop] (or HWC)
+def normalize_window(images, norm: Normalization, dev: str, *, start, shape, crop: int, mirror, alphas=None,
+                     dtype=types.FLOAT, layout: str = "CHW"):  # fmt: skip
+    """Random-resized crops: mean subtraction at the image's own window (resized like it, mirrored with it), lighting
+    (from `alphas`), flip, layout, cast. `images` are uint8 HWC crops resized to crop x crop; `start`/`shape` give
+    their window in the 256x256 image. -> float [3, crop, crop] (or HWC)
     """
-    if norm.mean_image is not None and not subtract_mean:
-        mean, std = channel_shift(norm, np.zeros(3, np.float32), alphas), 1.0
-    elif norm.mean_image is not None:
+    if norm.mean_image is not None:
         window = fn.slice(_const(norm.mean_image, dev), start=start, shape=shape, axis_names="HW")
-        if resized:
-            window = fn.resize(window, size=[crop, crop])
-        images = images - window  # float HWC
+        images = images - fn.resize(window, size=[crop, crop])  # float HWC
         mean, std = channel_shift(norm, np.zeros(3, np.float32), alphas), 1.0
     else:
         mean, std = channel_shift(norm, norm.mean, alphas), norm.std.tolist()
-    return fn.crop_mirror_normalize(
-        images, mirror=0 if mirror is None else mirror, mean=mean, std=std, dtype=dtype, output_layout=layout
-    )
+    return fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=layout)
 
 
 def ten_crops(images, norm: Normalization, *, size: int, crop: int, dtype=types.FLOAT, layout="CHW"):

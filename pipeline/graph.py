@@ -27,6 +27,7 @@ from pipeline.augment import (
     translate_window,
 )
 from pipeline.config import LoaderConfig
+from pipeline.finish import finished_after_graph
 from pipeline.mean_image import subtracted_by_torch
 from pipeline.normalize import Normalization
 from pipeline.sharding import DistInfo
@@ -66,49 +67,36 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
 
 
 def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str):
-    """-> (float crops, int32 [3] window (y, x, mirror) per image for the torch mean-image step, or None)"""
-    if cfg.crop == "translate":
-        start, shape = translate_window(IMAGE_SIZE, cfg.crop_size)
-    else:
-        start, shape = random_resized_window(IMAGE_SIZE)
-    images = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
-    resized = cfg.crop == "random_resized"
-    if resized:
-        images = fn.resize(images, size=[cfg.crop_size, cfg.crop_size])
+    """-> (images, extras). Translate crops leave as uint8 HWC windows with extras (start [2], mirror[, alphas
+    [1, 3]]) for `pipeline.finish`; random-resized crops leave finished (float, normalised), with no extras."""
     mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
     alphas = lighting_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
-    in_torch = subtracted_by_torch(cfg, norm)
+    if finished_after_graph(cfg):
+        start, shape = translate_window(IMAGE_SIZE, cfg.crop_size)
+        crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
+        return crops, (_as_node(start), mirror) + (() if alphas is None else (alphas,))
+    start, shape = random_resized_window(IMAGE_SIZE)
+    images = fn.resize(decode_window(jpegs, start, shape, decoder), size=[cfg.crop_size, cfg.crop_size])
     images = normalize_window(
-        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, resized=resized, subtract_mean=not in_torch,
-        mirror=mirror, alphas=alphas, dtype=_dtype(cfg, norm), layout=_layout(cfg),
+        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, mirror=mirror, alphas=alphas,
+        dtype=DALI_DTYPES[cfg.dtype], layout=_layout(cfg),
     )  # fmt: skip
-    windows = fn.cat(_as_node(start), fn.reshape(mirror, shape=[1])) if in_torch else None
-    return images, windows
+    return images, ()
 
 
 def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str):
-    """-> (float crops, None): val windows are fixed, the torch mean-image step knows them."""
-    layout, dtype = _layout(cfg), _dtype(cfg, norm)
+    """-> (images, no extras): the uint8 center crop for `pipeline.finish`, or finished ten crops (whose mean
+    image, if any, `pipeline.mean_image` subtracts)."""
     if cfg.ten_crop:
         images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)  # -> uint8 HWC [256, 256, 3]
-        return ten_crops(images, norm, size=IMAGE_SIZE, crop=cfg.crop_size, dtype=dtype, layout=layout), None
+        dtype = types.FLOAT if subtracted_by_torch(cfg, norm) else DALI_DTYPES[cfg.dtype]  # torch casts after
+        return ten_crops(images, norm, size=IMAGE_SIZE, crop=cfg.crop_size, dtype=dtype, layout=_layout(cfg)), ()
     mid = center_start(IMAGE_SIZE, cfg.crop_size)
-    start, shape = [mid, mid], [cfg.crop_size, cfg.crop_size]
-    images = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC center crop
-    images = normalize_window(
-        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, subtract_mean=not subtracted_by_torch(cfg, norm),
-        dtype=dtype, layout=layout,
-    )  # fmt: skip
-    return images, None
+    return decode_window(jpegs, [mid, mid], [cfg.crop_size, cfg.crop_size], decoder), ()  # -> uint8 HWC
 
 
 def _as_node(start):
     return types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start
-
-
-def _dtype(cfg: LoaderConfig, norm: Normalization):
-    """float32 when torch still subtracts the mean image (it casts afterwards); else the requested type."""
-    return types.FLOAT if subtracted_by_torch(cfg, norm) else DALI_DTYPES[cfg.dtype]
 
 
 def _layout(cfg: LoaderConfig) -> str:
@@ -131,9 +119,9 @@ def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dis
     def imagenet():
         jpegs, labels = read_samples(shards, cfg, dist)
         make = train_images if cfg.training else val_images
-        images, windows = make(jpegs, cfg, norm, dev, decoder)
+        images, extras = make(jpegs, cfg, norm, dev, decoder)
         if gpu and shards.format == "contract":
             labels = labels.gpu()
-        return (images, labels) if windows is None else (images, labels, windows)  # windows stay on the CPU
+        return (images, labels, *extras)  # extras stay on the CPU
 
     return imagenet(checkpoint=checkpoint)

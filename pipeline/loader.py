@@ -19,8 +19,9 @@ import torch
 from pipeline.config import LoaderConfig
 from pipeline.diagnose import explain_failure
 from pipeline.errors import LoaderError, ShardError
+from pipeline.finish import CropFinisher, finished_after_graph
 from pipeline.graph import READER_NAME, build_pipeline
-from pipeline.mean_image import MeanImageSubtraction, subtracted_by_torch
+from pipeline.mean_image import TenCropMeanImage, subtracted_by_torch
 from pipeline.normalize import load_normalization
 from pipeline.output import parse_class_labels, to_torch
 from pipeline.sharding import DistInfo, EpochPlan, dist_from_env, plan_epoch
@@ -61,9 +62,10 @@ class ImageNetLoader:
         self._check_sizes()
         self.norm = load_normalization(self.root, cfg, self.shards.format == "contract", eigval, eigvec)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "gpu" else "cpu")
+        self._finisher = CropFinisher(self.norm, cfg, self.device) if finished_after_graph(cfg) else None
         self._mean_image = None
         if subtracted_by_torch(cfg, self.norm):
-            self._mean_image = MeanImageSubtraction(self.norm.mean_image, cfg, self.device)
+            self._mean_image = TenCropMeanImage(self.norm.mean_image, cfg, self.device)
         self.epoch, self._batch, self._reader_batch = 0, 0, 0
         self._started, self._failed = False, None
         self._pipe = self._build()
@@ -130,20 +132,22 @@ class ImageNetLoader:
         return outputs
 
     def _to_torch(self, outputs, valid: int):
-        images, labels = outputs[0], outputs[1]
-        x = to_torch(images, self.device)
+        images, labels, extras = outputs[0], outputs[1], outputs[2:]
         if self.shards.format == "contract":
             y = to_torch(labels, self.device).view(-1)
         else:
             y = parse_class_labels(labels, self.shards.split).to(self.device)
-        x, y = x[:valid], y[:valid]  # val: padding repeats a rank's last sample; it must not be counted twice
-        if self._mean_image is not None:
-            windows = to_torch(outputs[2], torch.device("cpu"))[:valid].tolist() if len(outputs) > 2 else None
-            x = self._mean_image(x, windows)  # DALI made float32 here
+        y = y[:valid]  # val: padding repeats a rank's last sample; it must not be counted twice
+        x = to_torch(images, self.device)[:valid]
+        if self._finisher is not None:  # uint8 crops + (start, mirror[, alphas]) -> float32, any layout
+            x = self._finisher(x, *(to_torch(e, torch.device("cpu"))[:valid] for e in extras))
+        else:
+            if self._mean_image is not None:
+                x = self._mean_image(x)  # DALI made float32 here
+            if self.config.channels_last:  # DALI made NHWC: the same memory is NCHW in channels_last format
+                x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.permute(0, 1, 4, 2, 3)
         if x.dtype != _TORCH_DTYPES[self.config.dtype]:
             x = x.to(_TORCH_DTYPES[self.config.dtype])  # DALI has no bfloat16
-        if self.config.channels_last:  # DALI made NHWC: the same memory is NCHW in channels_last format
-            x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.permute(0, 1, 4, 2, 3)
         return x, y
 
     def _build(self, checkpoint: str | None = None):

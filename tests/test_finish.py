@@ -1,0 +1,114 @@
+"""The finishing step (uint8 crops -> normalised float) against a NumPy reference: the numba kernel that CPU
+loaders run, and the torch version that CUDA loaders run (here on CPU tensors, so it cannot rot without a GPU).
+Also the output buffer pool: a batch someone still holds is never written over."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
+
+from pipeline import ImageNetLoader
+from pipeline.buffers import BufferPool
+from pipeline.config import LoaderConfig
+from pipeline.finish import CropFinisher, finish_with_torch
+from pipeline.normalize import Normalization
+
+SIZE = 256
+
+
+def reference(crops, mean_chw, starts, mirrors, shifts, scale) -> np.ndarray:
+    """float64: (crop - mean window + shift) * scale, CHW, then the whole thing flipped where mirrored."""
+    out = []
+    for crop, (y, x), mirror, shift in zip(crops, starts, mirrors, shifts, strict=True):
+        h, w = crop.shape[:2]
+        value = crop.transpose(2, 0, 1).astype(np.float64) - mean_chw[:, y : y + h, x : x + w] + shift[:, None, None]
+        value = value * scale[:, None, None]
+        out.append(value[:, :, ::-1] if mirror else value)
+    return np.stack(out)
+
+
+def random_case(rng, count: int, crop: int, channel: bool):
+    crops = rng.integers(0, 256, (count, crop, crop, 3), dtype=np.uint8)
+    starts = rng.integers(0, SIZE - crop + 1, (count, 2)).astype(np.int32)
+    starts[0] = (0, SIZE - crop)  # the windows' extremes
+    starts[-1] = (SIZE - crop, 0)
+    mirrors = (np.arange(count) % 2).astype(np.int32)
+    alphas = rng.normal(0, 0.1, (count, 3)).astype(np.float32)
+    eigval = np.array([0.2, 0.02, 0.005], np.float32)
+    eigvec = np.linalg.qr(rng.normal(size=(3, 3)))[0].astype(np.float32)
+    if channel:
+        mean, std = np.array([120.0, 115.0, 100.0], np.float32), np.array([60.0, 58.0, 57.0], np.float32)
+        norm = Normalization(None, mean, std, eigval, eigvec)
+    else:
+        mean_image = (rng.random((SIZE, SIZE, 3)) * 255).astype(np.float32)  # not symmetric: a wrong flip shows
+        norm = Normalization(mean_image, np.zeros(3, np.float32), np.ones(3, np.float32), eigval, eigvec)
+    return crops, starts, mirrors, alphas, norm
+
+
+@pytest.mark.parametrize("crop", [224, 227, 256])
+@pytest.mark.parametrize("channel", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channels_last):
+    rng = np.random.default_rng(crop + 2 * channel)
+    crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
+    cfg = LoaderConfig(device="cpu", crop_size=crop, channels_last=channels_last)
+    finisher = CropFinisher(norm, cfg, torch.device("cpu"))
+    shifts = alphas @ norm.lighting_basis().T
+    mean_chw = norm.mean_image.transpose(2, 0, 1) if norm.mean_image is not None else np.broadcast_to(
+        norm.mean[:, None, None], (3, SIZE, SIZE))  # fmt: skip
+    expected = reference(crops, mean_chw, starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
+
+    got = finisher(torch.from_numpy(crops), torch.from_numpy(starts), torch.from_numpy(mirrors), torch.from_numpy(alphas))
+    assert got.shape == (6, 3, crop, crop) and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-3)
+
+    mean_hwc = torch.from_numpy(np.ascontiguousarray(mean_chw.transpose(1, 2, 0), dtype=np.float32))
+    inputs = [torch.from_numpy(a) for a in (crops, starts, mirrors, shifts)]
+    by_torch = finish_with_torch(*inputs, mean_hwc, torch.from_numpy(finisher.scale), channels_last)
+    assert by_torch.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    np.testing.assert_allclose(by_torch.numpy(), expected, atol=1e-3)
+
+
+def test_val_defaults_are_the_unflipped_unlit_center_window():
+    rng = np.random.default_rng(5)
+    crops, _, _, _, norm = random_case(rng, 3, 224, channel=False)
+    finisher = CropFinisher(norm, LoaderConfig(device="cpu", split="val"), torch.device("cpu"))
+    mid = (SIZE - 224) // 2
+    expected = reference(crops, norm.mean_image.transpose(2, 0, 1), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
+    np.testing.assert_allclose(finisher(torch.from_numpy(crops)).numpy(), expected, atol=1e-3)
+
+
+def test_the_pool_never_hands_out_a_buffer_that_is_still_referenced():
+    pool = BufferPool(keep=3)
+    first = torch.from_numpy(pool.take((2, 3)))
+    view = first[1:]  # only a view of the batch survives
+    del first
+    second = pool.take((2, 3))
+    assert not np.shares_memory(second, view.numpy())
+    numpy_view = second[:, ::-1]
+    del second
+    third = pool.take((2, 3))
+    assert not np.shares_memory(third, view.numpy()) and not np.shares_memory(third, numpy_view)
+    del view, numpy_view
+    fourth = pool.take((2, 3))
+    assert len(pool._buffers) == 3  # a freed buffer came back instead of a fourth one
+    del third, fourth
+    other = pool.take((5,))  # a new shape displaces a free buffer of another shape: the pool stays bounded
+    assert len(pool._buffers) == 3 and any(b is other for b in pool._buffers)
+
+
+def test_batches_a_training_loop_keeps_stay_intact(coded_build):
+    """The loader recycles its output memory: batches kept by the caller must not change under later ones."""
+    loader = ImageNetLoader(coded_build.root, split="train", device="cpu", batch_size=4, num_threads=2,
+                            shuffle_buffer=8, seed=3)  # fmt: skip
+    kept, copies = [], []
+    for _ in range(3):
+        for images, _ in loader:
+            kept.append(images)
+            copies.append(images.clone())
+    assert len(kept) >= 6
+    for images, copy in zip(kept, copies, strict=True):
+        assert torch.equal(images, copy)
