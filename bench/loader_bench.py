@@ -1,7 +1,7 @@
 """Loader throughput against a webdataset + PIL + torch DataLoader baseline and against the decoder's limit.
 
     python bench/loader_bench.py                      # generated sample build (cached in bench/out/)
-    python bench/loader_bench.py shards/ --seconds 20 --threads 2
+    python bench/loader_bench.py shards/ --seconds 30 --rounds 6 --threads 2
 
 Measures, in one run and on the same cores (train split, random crop_size crops, flips, PCA lighting,
 mean-image subtraction, float32 NCHW batches):
@@ -159,8 +159,8 @@ def decode_limit(root: str, threads: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", help="shard root of `preprocess build-shards` (default: a generated sample)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per contender, over all rounds")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=30.0, help="per contender, over all rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=2, help="DALI threads / DataLoader workers / decode processes")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--crop", type=int, default=224)

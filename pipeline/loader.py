@@ -19,7 +19,7 @@ import torch
 from pipeline.config import LoaderConfig
 from pipeline.diagnose import explain_failure
 from pipeline.errors import LoaderError, ShardError
-from pipeline.finish import CropFinisher, finished_after_graph
+from pipeline.finish import TorchFinisher, finished_by_kernel
 from pipeline.graph import READER_NAME, build_pipeline
 from pipeline.mean_image import TenCropMeanImage, subtracted_by_torch
 from pipeline.normalize import load_normalization
@@ -62,7 +62,9 @@ class ImageNetLoader:
         self._check_sizes()
         self.norm = load_normalization(self.root, cfg, self.shards.format == "contract", eigval, eigvec)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "gpu" else "cpu")
-        self._finisher = CropFinisher(self.norm, cfg, self.device) if finished_after_graph(cfg) else None
+        self._finisher = None  # on the GPU, translate and center crops leave DALI as uint8 and are finished by torch
+        if cfg.device == "gpu" and finished_by_kernel(cfg):
+            self._finisher = TorchFinisher(self.norm, cfg, self.device)
         self._mean_image = None
         if subtracted_by_torch(cfg, self.norm):
             self._mean_image = TenCropMeanImage(self.norm.mean_image, cfg, self.device)
@@ -139,7 +141,7 @@ class ImageNetLoader:
             y = parse_class_labels(labels, self.shards.split).to(self.device)
         y = y[:valid]  # val: padding repeats a rank's last sample; it must not be counted twice
         x = to_torch(images, self.device)[:valid]
-        if self._finisher is not None:  # uint8 crops + (start, mirror[, alphas]) -> float32, any layout
+        if self._finisher is not None:  # GPU: uint8 crops + (start, mirror[, alphas]) -> float32, any layout
             x = self._finisher(x, *(to_torch(e, torch.device("cpu"))[:valid] for e in extras))
         else:
             if self._mean_image is not None:

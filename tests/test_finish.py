@@ -1,6 +1,6 @@
 """The finishing step (uint8 crops -> normalised float) against a NumPy reference: the numba kernel that CPU
-loaders run, and the torch version that CUDA loaders run (here on CPU tensors, so it cannot rot without a GPU).
-Also the output buffer pool: a batch someone still holds is never written over."""
+loaders run inside DALI, and the torch version that CUDA loaders run (here on CPU tensors, so it cannot rot
+without a GPU). The loader-level tests in test_loader_augment.py check the kernel as DALI runs it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 
 from pipeline import ImageNetLoader
-from pipeline.buffers import BufferPool
 from pipeline.config import LoaderConfig
-from pipeline.finish import CropFinisher, finish_with_torch
+from pipeline.finish import TorchFinisher, mean_planes
+from pipeline.kernels import finish_crop, parameter_block
 from pipeline.normalize import Normalization
 
 SIZE = 256
@@ -47,61 +47,48 @@ def random_case(rng, count: int, crop: int, channel: bool):
     return crops, starts, mirrors, alphas, norm
 
 
+def run_kernel(crops, starts, mirrors, shifts, norm, channels_last: bool) -> np.ndarray:
+    """The kernel over a batch, as DALI calls it per sample (channels-last output through its CHW view)."""
+    block = parameter_block(mean_planes(norm), 1.0 / norm.std)  # shifts given directly: no lighting basis
+    count, h, w, _ = crops.shape
+    out = np.full((count, h, w, 3) if channels_last else (count, 3, h, w), np.nan, np.float32)
+    for i in range(count):
+        view = out[i].transpose(2, 0, 1) if channels_last else out[i]
+        finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], *shifts[i].astype(np.float32), block)
+    return out.transpose(0, 3, 1, 2) if channels_last else out
+
+
 @pytest.mark.parametrize("crop", [224, 227, 256])
 @pytest.mark.parametrize("channel", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channels_last):
     rng = np.random.default_rng(crop + 2 * channel)
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
-    cfg = LoaderConfig(device="cpu", crop_size=crop, channels_last=channels_last)
-    finisher = CropFinisher(norm, cfg, torch.device("cpu"))
     shifts = alphas @ norm.lighting_basis().T
-    mean_chw = norm.mean_image.transpose(2, 0, 1) if norm.mean_image is not None else np.broadcast_to(
-        norm.mean[:, None, None], (3, SIZE, SIZE))  # fmt: skip
-    expected = reference(crops, mean_chw, starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
+    expected = reference(crops, mean_planes(norm), starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
 
-    got = finisher(torch.from_numpy(crops), torch.from_numpy(starts), torch.from_numpy(mirrors), torch.from_numpy(alphas))
-    assert got.shape == (6, 3, crop, crop) and got.dtype == torch.float32
-    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(run_kernel(crops, starts, mirrors, shifts, norm, channels_last), expected, atol=1e-3)
 
-    mean_hwc = torch.from_numpy(np.ascontiguousarray(mean_chw.transpose(1, 2, 0), dtype=np.float32))
-    inputs = [torch.from_numpy(a) for a in (crops, starts, mirrors, shifts)]
-    by_torch = finish_with_torch(*inputs, mean_hwc, torch.from_numpy(finisher.scale), channels_last)
+    finisher = TorchFinisher(norm, LoaderConfig(device="cpu", crop_size=crop, channels_last=channels_last),
+                             torch.device("cpu"))  # fmt: skip
+    inputs = [torch.from_numpy(a) for a in (crops, starts, mirrors, alphas)]
+    by_torch = finisher(*inputs)
+    assert by_torch.shape == (6, 3, crop, crop) and by_torch.dtype == torch.float32
     assert by_torch.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     np.testing.assert_allclose(by_torch.numpy(), expected, atol=1e-3)
 
 
-def test_val_defaults_are_the_unflipped_unlit_center_window():
+def test_torch_val_defaults_are_the_unflipped_unlit_center_window():
     rng = np.random.default_rng(5)
     crops, _, _, _, norm = random_case(rng, 3, 224, channel=False)
-    finisher = CropFinisher(norm, LoaderConfig(device="cpu", split="val"), torch.device("cpu"))
+    finisher = TorchFinisher(norm, LoaderConfig(device="cpu", split="val"), torch.device("cpu"))
     mid = (SIZE - 224) // 2
-    expected = reference(crops, norm.mean_image.transpose(2, 0, 1), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
+    expected = reference(crops, mean_planes(norm), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
     np.testing.assert_allclose(finisher(torch.from_numpy(crops)).numpy(), expected, atol=1e-3)
 
 
-def test_the_pool_never_hands_out_a_buffer_that_is_still_referenced():
-    pool = BufferPool(keep=3)
-    first = torch.from_numpy(pool.take((2, 3)))
-    view = first[1:]  # only a view of the batch survives
-    del first
-    second = pool.take((2, 3))
-    assert not np.shares_memory(second, view.numpy())
-    numpy_view = second[:, ::-1]
-    del second
-    third = pool.take((2, 3))
-    assert not np.shares_memory(third, view.numpy()) and not np.shares_memory(third, numpy_view)
-    del view, numpy_view
-    fourth = pool.take((2, 3))
-    assert len(pool._buffers) == 3  # a freed buffer came back instead of a fourth one
-    del third, fourth
-    other = pool.take((5,))  # a new shape displaces a free buffer of another shape: the pool stays bounded
-    assert len(pool._buffers) == 3 and any(b is other for b in pool._buffers)
-
-
 def test_batches_a_training_loop_keeps_stay_intact(coded_build):
-    """The loader recycles its output memory: batches kept by the caller must not change under later ones."""
+    """Batches reach torch without a copy: those kept by the caller must not change under later ones."""
     loader = ImageNetLoader(coded_build.root, split="train", device="cpu", batch_size=4, num_threads=2,
                             shuffle_buffer=8, seed=3)  # fmt: skip
     kept, copies = [], []
