@@ -66,7 +66,7 @@ class TorchFinisher:
 
 def finish_with_torch(crops, starts, mirrors, shifts, mean_hwc, scale, channels_last: bool = False) -> torch.Tensor:
     """The kernel's formula as batched torch ops on any device (a gather for the windows and flips, then one
-    fused elementwise expression). mean_hwc: float32 [S, S, 3]; the rest as in `CropFinisher.__call__`."""
+    fused elementwise expression). mean_hwc: float32 [S, S, 3]; the rest as in `TorchFinisher.__call__`."""
     count, height, width, _ = crops.shape
     device = crops.device
     rows = torch.arange(height, device=device)

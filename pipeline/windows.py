@@ -1,4 +1,4 @@
-"""Crop windows that both the DALI graph and the torch mean-image step need to agree on (pure arithmetic)."""
+"""Crop windows that the DALI graph, the finishing step and the ten-crop mean image agree on (pure arithmetic)."""
 
 from __future__ import annotations
 
