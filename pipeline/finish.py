@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import LoaderConfig
 from pipeline.normalize import Normalization
-from pipeline.windows import IMAGE_SIZE, center_start
+from pipeline.windows import center_start
 
 __all__ = ["TorchFinisher", "finished_by_kernel", "mean_planes", "finish_with_torch"]
 
@@ -30,22 +30,23 @@ def finished_by_kernel(cfg: LoaderConfig) -> bool:
     return not cfg.ten_crop and not (cfg.training and cfg.crop == "random_resized")
 
 
-def mean_planes(norm: Normalization) -> np.ndarray:
-    """float32 [3, S, S] in 0..255: the mean image, or "channel" mode's mean as a constant plane (one formula)."""
+def mean_planes(norm: Normalization, size: int) -> np.ndarray:
+    """float32 [3, size, size] in 0..255: the mean image, or "channel" mode's mean as a constant plane (one formula)."""
     if norm.mean_image is not None:
         return np.ascontiguousarray(np.asarray(norm.mean_image, np.float32).transpose(2, 0, 1))
-    return np.ascontiguousarray(np.broadcast_to(norm.mean.astype(np.float32)[:, None, None], (3, IMAGE_SIZE, IMAGE_SIZE)))
+    return np.ascontiguousarray(np.broadcast_to(norm.mean.astype(np.float32)[:, None, None], (3, size, size)))
 
 
 class TorchFinisher:
     """The GPU loader's finishing step, after the graph: the mean planes and lighting basis live on the device."""
 
-    def __init__(self, norm: Normalization, cfg: LoaderConfig, device: torch.device):
-        self.mean_hwc = torch.from_numpy(np.ascontiguousarray(mean_planes(norm).transpose(1, 2, 0))).to(device)
+    def __init__(self, norm: Normalization, cfg: LoaderConfig, device: torch.device, size: int):
+        """`size`: the side of the shards' square images."""
+        self.mean_hwc = torch.from_numpy(np.ascontiguousarray(mean_planes(norm, size).transpose(1, 2, 0))).to(device)
         self.scale = torch.from_numpy((1.0 / norm.std).astype(np.float32)).to(device)
         self.basis = torch.from_numpy(norm.lighting_basis()) if norm.eigval is not None else None  # shift = B @ alpha
         self.channels_last = cfg.channels_last
-        self.center = center_start(IMAGE_SIZE, cfg.crop_size)
+        self.center = center_start(size, cfg.crop_size)
 
     def __call__(self, crops: torch.Tensor, starts=None, mirrors=None, alphas=None) -> torch.Tensor:
         """crops: uint8 [B, h, w, 3] on the device; starts int [B, 2] (y, x), mirrors int [B], alphas float [B, 3]

@@ -34,7 +34,7 @@ from pipeline.mean_image import subtracted_by_torch
 from pipeline.normalize import Normalization
 from pipeline.sharding import DistInfo
 from pipeline.sources import ShardSet
-from pipeline.windows import IMAGE_SIZE, center_start
+from pipeline.windows import center_start
 
 __all__ = ["build_pipeline", "READER_NAME", "augmentation_seed"]
 
@@ -68,20 +68,20 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
     )
 
 
-def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, block):
+def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, size: int, block):
     """-> (images, extras). Translate crops: finished float crops on the CPU; on the GPU uint8 HWC windows with
     extras (start [2], mirror[, alphas [1, 3]]) for `pipeline.finish.TorchFinisher`. Random-resized crops: finished
     by DALI, no extras."""
     alphas = lighting_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
     if finished_by_kernel(cfg):
         mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32, shape=[1])
-        start, shape = translate_window(IMAGE_SIZE, cfg.crop_size)
+        start, shape = translate_window(size, cfg.crop_size)
         crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
         if dev == "gpu":
             return crops, (_as_node(start), mirror) + (() if alphas is None else (alphas,))
         return finish_crops(crops, start=start, mirror=mirror, alphas=alphas, block=block, layout=_layout(cfg)), ()
     mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
-    start, shape = random_resized_window(IMAGE_SIZE)
+    start, shape = random_resized_window(size)
     images = fn.resize(decode_window(jpegs, start, shape, decoder), size=[cfg.crop_size, cfg.crop_size])
     images = normalize_window(
         images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, mirror=mirror, alphas=alphas,
@@ -90,14 +90,14 @@ def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decode
     return images, ()
 
 
-def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, block):
+def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, size: int, block):
     """-> (images, no extras): the center crop (finished on the CPU, uint8 for `TorchFinisher` on the GPU), or
     ten crops finished by DALI (whose mean image, if any, `pipeline.mean_image` subtracts)."""
     if cfg.ten_crop:
-        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)  # -> uint8 HWC [256, 256, 3]
+        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)  # -> uint8 HWC [size, size, 3]
         dtype = types.FLOAT if subtracted_by_torch(cfg, norm) else DALI_DTYPES[cfg.dtype]  # torch casts after
-        return ten_crops(images, norm, size=IMAGE_SIZE, crop=cfg.crop_size, dtype=dtype, layout=_layout(cfg)), ()
-    mid = center_start(IMAGE_SIZE, cfg.crop_size)
+        return ten_crops(images, norm, size=size, crop=cfg.crop_size, dtype=dtype, layout=_layout(cfg)), ()
+    mid = center_start(size, cfg.crop_size)
     crops = decode_window(jpegs, [mid, mid], [cfg.crop_size, cfg.crop_size], decoder)  # -> uint8 HWC
     if dev == "gpu":
         return crops, ()
@@ -114,13 +114,14 @@ def _layout(cfg: LoaderConfig) -> str:
 
 def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):
     """The pipeline for `cfg`; the same graph on both devices: only `dev` and the decoder's device differ."""
+    size = shards.image_size
     gpu = cfg.device == "gpu"
     dev, decoder = ("gpu", "mixed") if gpu else ("cpu", "cpu")
     # The CPU kernel reads the mean planes and 1/std by address: the array lives as long as the pipeline object.
     block = None
     if not gpu and finished_by_kernel(cfg):
         basis = norm.lighting_basis() if norm.eigval is not None and cfg.training else None
-        block = parameter_block(mean_planes(norm), 1.0 / norm.std, basis)
+        block = parameter_block(mean_planes(norm, size), 1.0 / norm.std, basis)
 
     @pipeline_def(
         batch_size=cfg.batch_size,
@@ -133,7 +134,7 @@ def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dis
     def imagenet():
         jpegs, labels = read_samples(shards, cfg, dist)
         make = train_images if cfg.training else val_images
-        images, extras = make(jpegs, cfg, norm, dev, decoder, block)
+        images, extras = make(jpegs, cfg, norm, dev, decoder, size, block)
         if gpu and shards.format == "contract":
             labels = labels.gpu()
         return (images, labels, *extras)  # extras stay on the CPU

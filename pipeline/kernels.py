@@ -22,22 +22,22 @@ from numba import carray, njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from pipeline.windows import IMAGE_SIZE
-
 __all__ = ["finish_crop", "parameter_block", "finishing_operator"]
 
 _JIT = dict(nogil=True, boundscheck=False, cache=True)
-_PLANES = 2 * 3 * IMAGE_SIZE * IMAGE_SIZE  # the mean image and its mirror, CHW
-_BLOCK = _PLANES + 3 + 9  # ... then 1/std per channel, then the lighting basis
-
-
 def parameter_block(mean_chw: np.ndarray, scale: np.ndarray, basis: np.ndarray | None = None) -> np.ndarray:
-    """What the kernel reads besides the sample: mean planes [3, S, S] (0..255), their mirror, `scale` [3] and the
-    lighting basis [3, 3] (shift = basis @ alpha; zeros without lighting). One contiguous float32 array, passed to
-    the operator by address: the caller keeps it alive."""
+    """What the kernel reads besides the sample, as one contiguous float32 array passed to the operator by address
+    (the caller keeps it alive): the image side S, the 1/std `scale` [3], the lighting basis [3, 3] (shift =
+    basis @ alpha; zeros without lighting), then the mean planes [3, S, S] (0..255) and their mirror."""
     mean = np.asarray(mean_chw, np.float32)
-    basis = np.zeros((3, 3), np.float32) if basis is None else np.asarray(basis, np.float32)
-    return np.concatenate([mean.ravel(), mean[:, :, ::-1].ravel(), np.asarray(scale, np.float32), basis.ravel()])
+    if mean.ndim != 3 or mean.shape[0] != 3 or mean.shape[1] != mean.shape[2]:
+        raise ValueError(f"mean planes must be [3, S, S], got {mean.shape}")
+    basis = np.zeros((3, 3), np.float32) if basis is None else np.asarray(basis, np.float32).reshape(3, 3)
+    head = np.concatenate([[mean.shape[1]], np.asarray(scale, np.float32).reshape(3), basis.ravel()])
+    return np.concatenate([head.astype(np.float32), mean.ravel(), mean[:, :, ::-1].ravel()])
+
+
+_HEAD = 1 + 3 + 9  # side, scale, basis
 
 
 @njit(**_JIT)
@@ -67,13 +67,14 @@ def finish_crop(out, crop, y, x, mirror, a0, a1, a2, block):  # pragma: no cover
     C-contiguous, the unflipped window at (y, x) of an S x S image; block: from `parameter_block`.
     """
     height, width = crop.shape[0], crop.shape[1]
-    planes = block[:_PLANES].reshape((2, 3, IMAGE_SIZE, IMAGE_SIZE))
-    s0, s1, s2 = block[_PLANES], block[_PLANES + 1], block[_PLANES + 2]
+    size = int(block[0])
+    s0, s1, s2 = block[1], block[2], block[3]
+    planes = block[_HEAD : _HEAD + 6 * size * size].reshape((2, 3, size, size))
     rows = crop.reshape((height, width * 3))
     flip = mirror != 0
     side = 1 if flip else 0
     if flip:
-        x = IMAGE_SIZE - width - x
+        x = size - width - x
     mean = planes[side]
     for r in range(height):
         m0, m1, m2 = mean[0, y + r, x : x + width], mean[1, y + r, x : x + width], mean[2, y + r, x : x + width]
@@ -98,18 +99,24 @@ def _pointer(typingctx, address):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def _shift(block, alphas, c):  # pragma: no cover - compiled
-    b = block[_PLANES + 3 + 3 * c : _PLANES + 6 + 3 * c]
+    b = block[4 + 3 * c : 7 + 3 * c]
     return b[0] * alphas[0, 0] + b[1] * alphas[0, 1] + b[2] * alphas[0, 2]
 
 
+@njit(**_JIT)
+def _block(address):  # pragma: no cover - compiled
+    side = carray(_pointer(address), 1, dtype=np.float32)[0]
+    return carray(_pointer(address), _HEAD + 6 * int(side) * int(side), dtype=np.float32)
+
+
 def _run_chw(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
-    block = carray(_pointer(address[0]), _BLOCK, dtype=np.float32)
+    block = _block(address[0])
     a0, a1, a2 = _shift(block, alphas, 0), _shift(block, alphas, 1), _shift(block, alphas, 2)
     finish_crop(out, crop, start[0], start[1], mirror[0], a0, a1, a2, block)
 
 
 def _run_hwc(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
-    block = carray(_pointer(address[0]), _BLOCK, dtype=np.float32)
+    block = _block(address[0])
     a0, a1, a2 = _shift(block, alphas, 0), _shift(block, alphas, 1), _shift(block, alphas, 2)
     finish_crop(out.transpose((2, 0, 1)), crop, start[0], start[1], mirror[0], a0, a1, a2, block)
 

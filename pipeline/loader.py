@@ -60,11 +60,14 @@ class ImageNetLoader:
         cfg = self.config
         self.shards = find_shards(self.root, cfg.split, cfg.format, cfg.cache_dir)
         self._check_sizes()
+        if cfg.crop_size > self.shards.image_size:
+            raise ValueError(f"ImageNetLoader: crop_size {cfg.crop_size} is larger than the shards' "
+                             f"{self.shards.image_size}x{self.shards.image_size} images")  # fmt: skip
         self.norm = load_normalization(self.root, cfg, self.shards.format == "contract", eigval, eigvec)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "gpu" else "cpu")
         self._finisher = None  # on the GPU, translate and center crops leave DALI as uint8 and are finished by torch
         if cfg.device == "gpu" and finished_by_kernel(cfg):
-            self._finisher = TorchFinisher(self.norm, cfg, self.device)
+            self._finisher = TorchFinisher(self.norm, cfg, self.device, self.shards.image_size)
         self._mean_image = None
         if subtracted_by_torch(cfg, self.norm):
             self._mean_image = TenCropMeanImage(self.norm.mean_image, cfg, self.device)

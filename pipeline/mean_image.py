@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import LoaderConfig
 from pipeline.normalize import Normalization
-from pipeline.windows import IMAGE_SIZE, ten_crop_windows
+from pipeline.windows import ten_crop_windows
 
 __all__ = ["TenCropMeanImage", "subtracted_by_torch"]
 
@@ -29,7 +29,7 @@ class TenCropMeanImage:
         hwc = torch.from_numpy(np.ascontiguousarray(mean_image, dtype=np.float32))  # [S, S, 3], 0..255
         c = cfg.crop_size
         windows = [hwc[y : y + c, x : x + c].flip(1) if mirror else hwc[y : y + c, x : x + c]
-                   for y, x, mirror in ten_crop_windows(IMAGE_SIZE, c)]  # fmt: skip
+                   for y, x, mirror in ten_crop_windows(hwc.shape[0], c)]  # fmt: skip
         stacked = torch.stack(windows)  # [10, c, c, 3]
         self.windows = (stacked if cfg.channels_last else stacked.permute(0, 3, 1, 2)).contiguous().to(device)
 

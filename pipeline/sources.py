@@ -17,6 +17,7 @@ import fsspec
 
 from pipeline.contract import MANIFEST_NAME, Manifest, index_name, load_manifest
 from pipeline.errors import NoShardsError, ShardError
+from pipeline.windows import IMAGE_SIZE
 
 __all__ = ["ShardSet", "find_shards", "default_cache_dir"]
 
@@ -30,6 +31,11 @@ class ShardSet:
     origins: tuple[str, ...]  # what error messages name (the URL for cached remote shards)
     sizes: tuple[int | None, ...]  # expected byte sizes (from the manifest), None when unknown
     manifest: Manifest | None
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images: the manifest's; foreign shards are taken to be IMAGE_SIZE (256) a side."""
+        return self.manifest.image_size if self.manifest is not None else IMAGE_SIZE
 
     def origin_of(self, local_path: str) -> str:
         for path, origin in zip(self.paths, self.origins, strict=True):

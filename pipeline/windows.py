@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["IMAGE_SIZE", "center_start", "ten_crop_windows"]
 
-IMAGE_SIZE = 256  # the shards' images are IMAGE_SIZE x IMAGE_SIZE (pipeline.contract, manifest image_size)
+IMAGE_SIZE = 256  # the paper's (and build-shards' default) image side; builds say theirs in manifest image_size
 
 
 def center_start(size: int, crop: int) -> int:

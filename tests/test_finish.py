@@ -4,16 +4,20 @@ without a GPU). The loader-level tests in test_loader_augment.py check the kerne
 
 from __future__ import annotations
 
+import tarfile
+
 import numpy as np
 import pytest
 import torch
-from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
+from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a fixture
 
+from helpers import quick_build_config
 from pipeline import ImageNetLoader
 from pipeline.config import LoaderConfig
 from pipeline.finish import TorchFinisher, mean_planes
 from pipeline.kernels import finish_crop, parameter_block
 from pipeline.normalize import Normalization
+from preprocess.build import build_shards
 
 SIZE = 256
 
@@ -49,7 +53,7 @@ def random_case(rng, count: int, crop: int, channel: bool):
 
 def run_kernel(crops, starts, mirrors, shifts, norm, channels_last: bool) -> np.ndarray:
     """The kernel over a batch, as DALI calls it per sample (channels-last output through its CHW view)."""
-    block = parameter_block(mean_planes(norm), 1.0 / norm.std)  # shifts given directly: no lighting basis
+    block = parameter_block(mean_planes(norm, SIZE), 1.0 / norm.std)  # shifts given directly: no lighting basis
     count, h, w, _ = crops.shape
     out = np.full((count, h, w, 3) if channels_last else (count, 3, h, w), np.nan, np.float32)
     for i in range(count):
@@ -65,12 +69,12 @@ def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channel
     rng = np.random.default_rng(crop + 2 * channel)
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
     shifts = alphas @ norm.lighting_basis().T
-    expected = reference(crops, mean_planes(norm), starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
+    expected = reference(crops, mean_planes(norm, SIZE), starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
 
     np.testing.assert_allclose(run_kernel(crops, starts, mirrors, shifts, norm, channels_last), expected, atol=1e-3)
 
-    finisher = TorchFinisher(norm, LoaderConfig(device="cpu", crop_size=crop, channels_last=channels_last),
-                             torch.device("cpu"))  # fmt: skip
+    cfg = LoaderConfig(device="cpu", crop_size=crop, channels_last=channels_last)
+    finisher = TorchFinisher(norm, cfg, torch.device("cpu"), SIZE)
     inputs = [torch.from_numpy(a) for a in (crops, starts, mirrors, alphas)]
     by_torch = finisher(*inputs)
     assert by_torch.shape == (6, 3, crop, crop) and by_torch.dtype == torch.float32
@@ -81,9 +85,9 @@ def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channel
 def test_torch_val_defaults_are_the_unflipped_unlit_center_window():
     rng = np.random.default_rng(5)
     crops, _, _, _, norm = random_case(rng, 3, 224, channel=False)
-    finisher = TorchFinisher(norm, LoaderConfig(device="cpu", split="val"), torch.device("cpu"))
+    finisher = TorchFinisher(norm, LoaderConfig(device="cpu", split="val"), torch.device("cpu"), SIZE)
     mid = (SIZE - 224) // 2
-    expected = reference(crops, mean_planes(norm), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
+    expected = reference(crops, mean_planes(norm, SIZE), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
     np.testing.assert_allclose(finisher(torch.from_numpy(crops)).numpy(), expected, atol=1e-3)
 
 
@@ -99,3 +103,24 @@ def test_batches_a_training_loop_keeps_stay_intact(coded_build):
     assert len(kept) >= 6
     for images, copy in zip(kept, copies, strict=True):
         assert torch.equal(images, copy)
+
+
+def test_builds_with_another_image_size_load_with_their_own_windows(tiny_source, tmp_path):
+    """`build-shards --size 160`: windows, the mean image and the center crop follow the manifest's image size."""
+    out = tmp_path / "shards160"
+    build_shards(quick_build_config(tiny_source, out, size=160))
+    mean = np.load(out / "mean_image.npy").astype(np.float64) * 255  # [160, 160, 3]
+    val = ImageNetLoader(str(out), split="val", device="cpu", batch_size=4, num_threads=1, crop_size=128)
+    images, labels = next(iter(val))
+    assert images.shape == (4, 3, 128, 128)
+    shard = sorted((out / "val").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        jpegs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")][:4]
+    mid = (160 - 128) // 2
+    for image, jpeg in zip(images.numpy(), jpegs, strict=True):
+        expected = (decode_jpeg(jpeg).astype(np.float64) - mean)[mid : mid + 128, mid : mid + 128].transpose(2, 0, 1)
+        np.testing.assert_allclose(image, expected, atol=3.0)
+    train = ImageNetLoader(str(out), split="train", device="cpu", batch_size=4, num_threads=1, crop_size=128)
+    assert next(iter(train))[0].shape == (4, 3, 128, 128)
+    with pytest.raises(ValueError, match="crop_size 192 is larger than the shards' 160x160 images"):
+        ImageNetLoader(str(out), split="train", device="cpu", crop_size=192)
