@@ -103,7 +103,7 @@ def normalize_window(images, norm: Normalization, dev: str, *, start, shape, cro
                      dtype=types.FLOAT, layout: str = "CHW"):  # fmt: skip
     """Random-resized crops: mean subtraction at the image's own window (resized like it, mirrored with it), lighting
     (from `alphas`), flip, layout, cast. `images` are uint8 HWC crops resized to crop x crop; `start`/`shape` give
-    their window in the 256x256 image. -> float [3, crop, crop] (or HWC)
+    their window in the image. -> float [3, crop, crop] (or HWC)
     """
     if norm.mean_image is not None:
         window = fn.slice(_const(norm.mean_image, dev), start=start, shape=shape, axis_names="HW")

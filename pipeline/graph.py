@@ -113,7 +113,8 @@ def _layout(cfg: LoaderConfig) -> str:
 
 
 def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):
-    """The pipeline for `cfg`; the same graph on both devices: only `dev` and the decoder's device differ."""
+    """The pipeline for `cfg`; the same graph on both devices (`dev` and the decoder's device differ), up to the
+    finishing step of translate and center crops: our kernel in the CPU graph, `TorchFinisher` after the GPU one."""
     size = shards.image_size
     gpu = cfg.device == "gpu"
     dev, decoder = ("gpu", "mixed") if gpu else ("cpu", "cpu")
