@@ -210,7 +210,7 @@ def main() -> None:
     )
     faults = ", ".join(f"{f:.0f}" for f in PAGE_FAULTS)
     print(f"ours: minor page faults per image by round: {faults} (a float32 224x224 crop is 147 pages; tens per image "
-          "mean fresh output memory, and a slower run)")  # fmt: skip
+          "mean memory mapped anew, and a slower run)")  # fmt: skip
     os._exit(0)  # the decode pool and the DataLoader workers: no orderly teardown needed
 
 
