@@ -26,6 +26,7 @@ __all__ = [
     "lighting_alphas",
     "channel_shift",
     "finish_crops",
+    "start_node",
     "decode_window",
     "normalize_window",
     "ten_crops",
@@ -88,10 +89,15 @@ def finish_crops(crops, *, start, mirror=None, alphas=None, block: np.ndarray, l
     from pipeline.kernels import finishing_operator
 
     address = types.Constant(np.array([block.ctypes.data], np.int64), dtype=types.INT64)
-    start = types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start
+    start = start_node(start)
     mirror = types.Constant(np.zeros(1, np.int32)) if mirror is None else mirror
     alphas = types.Constant(np.zeros((1, 3), np.float32)) if alphas is None else alphas
     return finishing_operator(layout)(crops, start, mirror, alphas, address)
+
+
+def start_node(start):
+    """A window start as a graph node: fixed starts ([y, x] lists) become int32 constants. -> int32 [2]"""
+    return types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start
 
 
 def decode_window(jpegs, start, shape, decoder: str):

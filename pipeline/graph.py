@@ -14,7 +14,6 @@ Val is read in order, each rank always the same slice (`stick_to_shard`), so pas
 
 from __future__ import annotations
 
-import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.augment import (
@@ -24,6 +23,7 @@ from pipeline.augment import (
     lighting_alphas,
     normalize_window,
     random_resized_window,
+    start_node,
     ten_crops,
     translate_window,
 )
@@ -78,7 +78,7 @@ def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decode
         start, shape = translate_window(size, cfg.crop_size)
         crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
         if dev == "gpu":
-            return crops, (_as_node(start), mirror) + (() if alphas is None else (alphas,))
+            return crops, (start_node(start), mirror) + (() if alphas is None else (alphas,))
         return finish_crops(crops, start=start, mirror=mirror, alphas=alphas, block=block, layout=_layout(cfg)), ()
     mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
     start, shape = random_resized_window(size)
@@ -102,10 +102,6 @@ def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder:
     if dev == "gpu":
         return crops, ()
     return finish_crops(crops, start=[mid, mid], block=block, layout=_layout(cfg)), ()
-
-
-def _as_node(start):
-    return types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start
 
 
 def _layout(cfg: LoaderConfig) -> str:

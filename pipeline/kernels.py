@@ -109,16 +109,20 @@ def _block(address):  # pragma: no cover - compiled
     return carray(_pointer(address), _HEAD + 6 * int(side) * int(side), dtype=np.float32)
 
 
-def _run_chw(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
+@njit(**_JIT)
+def _finish_sample(out_chw, crop, start, mirror, alphas, address):  # pragma: no cover - compiled
+    """One sample as DALI hands it over: the block by address, the lighting shift from the alphas."""
     block = _block(address[0])
     a0, a1, a2 = _shift(block, alphas, 0), _shift(block, alphas, 1), _shift(block, alphas, 2)
-    finish_crop(out, crop, start[0], start[1], mirror[0], a0, a1, a2, block)
+    finish_crop(out_chw, crop, start[0], start[1], mirror[0], a0, a1, a2, block)
+
+
+def _run_chw(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
+    _finish_sample(out, crop, start, mirror, alphas, address)
 
 
 def _run_hwc(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
-    block = _block(address[0])
-    a0, a1, a2 = _shift(block, alphas, 0), _shift(block, alphas, 1), _shift(block, alphas, 2)
-    finish_crop(out.transpose((2, 0, 1)), crop, start[0], start[1], mirror[0], a0, a1, a2, block)
+    _finish_sample(out.transpose((2, 0, 1)), crop, start, mirror, alphas, address)
 
 
 def _shape_chw(outs, ins):  # pragma: no cover - compiled by the plugin
