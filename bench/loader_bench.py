@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import resource
 import statistics
@@ -138,7 +139,10 @@ def baseline(root: str, threads: int, batch: int, crop: int):
         .map(augment)
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=threads, persistent_workers=True)
-    batches = forever(lambda: loader)
+    # Start the workers now: forked after ImageNetLoader exists, they would inherit its malloc settings
+    # (pipeline/allocator.py), and the baseline is a DataLoader as users run it.
+    first_epoch = iter(loader)
+    batches = itertools.chain(first_epoch, forever(lambda: loader))
     return lambda seconds: measure(batches, seconds, warmup=2 * threads + 1)
 
 

@@ -36,6 +36,7 @@ class LoaderConfig:
     shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (train)
     prefetch: int = 2  # DALI prefetch queue depth
     cache_dir: str | None = None  # where remote shards are cached (default ~/.cache/alexnet-pipeline)
+    malloc_tuning: bool = True  # CPU: keep batch memory mapped between batches (process-wide; pipeline/allocator.py)
 
     def __post_init__(self):
         def check(ok: bool, what: str) -> None:

@@ -25,6 +25,8 @@ from numba.extending import intrinsic
 __all__ = ["finish_crop", "parameter_block", "finishing_operator"]
 
 _JIT = dict(nogil=True, boundscheck=False, cache=True)
+
+
 def parameter_block(mean_chw: np.ndarray, scale: np.ndarray, basis: np.ndarray | None = None) -> np.ndarray:
     """What the kernel reads besides the sample, as one contiguous float32 array passed to the operator by address
     (the caller keeps it alive): the image side S, the 1/std `scale` [3], the lighting basis [3, 3] (shift =
