@@ -15,7 +15,7 @@ from helpers import quick_build_config
 from pipeline import ImageNetLoader
 from pipeline.config import LoaderConfig
 from pipeline.finish import TorchFinisher, mean_planes
-from pipeline.kernels import finish_crop, parameter_block
+from pipeline.kernels import _streamable, finish_crop, parameter_block
 from pipeline.normalize import Normalization
 from preprocess.build import build_shards
 
@@ -124,3 +124,35 @@ def test_builds_with_another_image_size_load_with_their_own_windows(tiny_source,
     assert next(iter(train))[0].shape == (4, 3, 128, 128)
     with pytest.raises(ValueError, match="crop_size 192 is larger than the shards' 160x160 images"):
         ImageNetLoader(str(out), split="train", device="cpu", crop_size=192)
+
+
+def float32_at(shape, misalign: int) -> np.ndarray:
+    """A float32 array whose data starts `misalign` bytes past a 64-byte boundary."""
+    count = int(np.prod(shape))
+    raw = np.empty(count * 4 + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + misalign
+    return raw[start : start + count * 4].view(np.float32).reshape(shape)
+
+
+@pytest.mark.parametrize("crop", [128, 224, 256])
+@pytest.mark.parametrize("channel", [False, True])
+def test_streaming_stores_give_the_plain_loops_bits(crop, channel):
+    """64-byte aligned CHW outputs whose width 16 divides take the streaming path; any other output the plain loops.
+    Both compute the same operations in the same order, so their results must agree to the bit."""
+    rng = np.random.default_rng(crop + channel)
+    crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
+    shifts = (alphas @ norm.lighting_basis().T).astype(np.float32)
+    block = parameter_block(mean_planes(norm, SIZE), 1.0 / norm.std)
+    for i in range(len(crops)):
+        streamed, plain = float32_at((3, crop, crop), 0), float32_at((3, crop, crop), 4)
+        assert _streamable(streamed) and not _streamable(plain)
+        for out in (streamed, plain):
+            finish_crop(out, crops[i], starts[i, 0], starts[i, 1], mirrors[i], *shifts[i], block)
+        np.testing.assert_array_equal(streamed, plain)
+    expected = reference(crops[-1:], mean_planes(norm, SIZE), starts[-1:], mirrors[-1:], shifts[-1:], 1.0 / norm.std)
+    np.testing.assert_allclose(streamed, expected[0], atol=1e-3)
+
+
+def test_streaming_needs_a_width_that_16_divides_and_a_chw_layout():
+    assert not _streamable(float32_at((3, 227, 227), 0))
+    assert not _streamable(float32_at((224, 224, 3), 0).transpose(2, 0, 1))  # channels-last through its CHW view
