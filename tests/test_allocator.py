@@ -35,8 +35,9 @@ PROBE = textwrap.dedent("""
 
 def probe(setup: str, env: dict | None = None) -> dict:
     script = setup + "\nAPPLIED = applied\n" + PROBE
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+                          env={**clean, **(env or {})})  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
