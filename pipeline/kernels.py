@@ -4,9 +4,10 @@ Why a kernel of our own: on the CPU, DALI's `crop_mirror_normalize` (flip + HWC-
 224x224 crop and the mean-image window another 40-90 us, while decoding the crop costs about 230 us: the
 augmentations cost more than the decode. This pass reads each uint8 pixel once, subtracts the mean image at the
 crop's window, adds the lighting shift (basis @ alpha), scales, flips and transposes, and writes float32: about
-20 us per crop on one core with streaming stores (below; 58 us without). It runs inside the graph through DALI's numba plugin,
-so DALI's worker threads run it per sample right after the decode, while the crop is still in cache, and no third
-thread competes for the cores (measured: about 8% more images/s than the same kernel run on the batch after the graph).
+20-30 us per crop on one core with streaming stores (below; 58 us without). It runs inside the graph through
+DALI's numba plugin, so DALI's worker threads run it per sample right after the decode, while the crop is still in
+cache, and no third thread competes for the cores (measured: about 8% more images/s than the same kernel run on the
+batch after the graph).
 
 Flips without a flipped read of the mean: output column j of a mirrored crop is source column w-1-j, whose mean
 value sits at column S-w-x+j of the mirrored mean image, so the mean row and the output row are both walked
