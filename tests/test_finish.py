@@ -12,10 +12,10 @@ import torch
 from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a fixture
 
 from helpers import quick_build_config
-from pipeline import ImageNetLoader
+from pipeline import ImageNetLoader, kernels
 from pipeline.config import LoaderConfig
 from pipeline.finish import TorchFinisher, mean_planes
-from pipeline.kernels import _streamable, finish_crop, parameter_block
+from pipeline.kernels import finish_crop, parameter_block
 from pipeline.normalize import Normalization
 from preprocess.build import build_shards
 
@@ -134,25 +134,38 @@ def float32_at(shape, misalign: int) -> np.ndarray:
     return raw[start : start + count * 4].view(np.float32).reshape(shape)
 
 
+def output_at(crop: int, channels_last: bool, misalign: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the array, the [3, h, w] view the kernel is given), starting `misalign` bytes past a 64-byte boundary."""
+    if channels_last:
+        out = float32_at((crop, crop, 3), misalign)
+        return out, out.transpose(2, 0, 1)
+    out = float32_at((3, crop, crop), misalign)
+    return out, out
+
+
 @pytest.mark.parametrize("crop", [128, 224, 256])
 @pytest.mark.parametrize("channel", [False, True])
-def test_streaming_stores_give_the_plain_loops_bits(crop, channel):
-    """64-byte aligned CHW outputs whose width 16 divides take the streaming path; any other output the plain loops.
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last):
+    """64-byte aligned outputs whose width 16 divides take the streaming path; any other output the plain loops.
     Both compute the same operations in the same order, so their results must agree to the bit."""
     rng = np.random.default_rng(crop + channel)
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
     shifts = (alphas @ norm.lighting_basis().T).astype(np.float32)
     block = parameter_block(mean_planes(norm, SIZE), 1.0 / norm.std)
+    layout = kernels.HWC if channels_last else kernels.CHW
     for i in range(len(crops)):
-        streamed, plain = float32_at((3, crop, crop), 0), float32_at((3, crop, crop), 4)
-        assert _streamable(streamed) and not _streamable(plain)
-        for out in (streamed, plain):
-            finish_crop(out, crops[i], starts[i, 0], starts[i, 1], mirrors[i], *shifts[i], block)
+        (streamed, streamed_view), (plain, plain_view) = (output_at(crop, channels_last, m) for m in (0, 4))
+        assert kernels._stream_layout(streamed_view) == layout
+        assert kernels._stream_layout(plain_view) == kernels.NOT_STREAMED
+        for view in (streamed_view, plain_view):
+            finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], *shifts[i], block)
         np.testing.assert_array_equal(streamed, plain)
     expected = reference(crops[-1:], mean_planes(norm, SIZE), starts[-1:], mirrors[-1:], shifts[-1:], 1.0 / norm.std)
-    np.testing.assert_allclose(streamed, expected[0], atol=1e-3)
+    np.testing.assert_allclose(streamed_view, expected[0], atol=1e-3)
 
 
-def test_streaming_needs_a_width_that_16_divides_and_a_chw_layout():
-    assert not _streamable(float32_at((3, 227, 227), 0))
-    assert not _streamable(float32_at((224, 224, 3), 0).transpose(2, 0, 1))  # channels-last through its CHW view
+def test_streaming_needs_a_width_that_16_divides_and_a_dense_layout():
+    assert kernels._stream_layout(float32_at((3, 227, 227), 0)) == kernels.NOT_STREAMED
+    assert kernels._stream_layout(float32_at((227, 227, 3), 0).transpose(2, 0, 1)) == kernels.NOT_STREAMED
+    assert kernels._stream_layout(float32_at((3, 224, 256), 0)[:, :, :224]) == kernels.NOT_STREAMED  # row gaps
