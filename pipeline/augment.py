@@ -28,6 +28,7 @@ __all__ = [
     "finish_crops",
     "start_node",
     "decode_window",
+    "decode_image",
     "normalize_window",
     "ten_crops",
     "DALI_DTYPES",
@@ -100,9 +101,21 @@ def start_node(start):
     return types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start
 
 
+# The shards are 4:2:0 JPEGs. libjpeg-turbo (the CPU decoder) interpolates the half-resolution chroma ("fancy"
+# upsampling) while nvJPEG by default repeats it; with this flag the mixed decoder interpolates too, so CPU and GPU
+# batches agree. The CPU decoder does so anyway: the flag leaves its output unchanged.
+_SAME_CHROMA_AS_CPU = dict(jpeg_fancy_upsampling=True)
+
+
 def decode_window(jpegs, start, shape, decoder: str):
     """Decodes only the window (ROI decode: fewer IDCT blocks on the CPU). -> uint8 HWC [h, w, 3]"""
-    return fn.decoders.image_slice(jpegs, start=start, shape=shape, axis_names="HW", device=decoder, output_type=types.RGB)
+    return fn.decoders.image_slice(jpegs, start=start, shape=shape, axis_names="HW", device=decoder,
+                                   output_type=types.RGB, **_SAME_CHROMA_AS_CPU)  # fmt: skip
+
+
+def decode_image(jpegs, decoder: str):
+    """Decodes the whole image. -> uint8 HWC [S, S, 3]"""
+    return fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **_SAME_CHROMA_AS_CPU)
 
 
 def normalize_window(images, norm: Normalization, dev: str, *, start, shape, crop: int, mirror, alphas=None,

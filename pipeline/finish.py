@@ -7,9 +7,9 @@ its RNG state is what `state_dict()` checkpoints). Then, per crop,
 
 with the mean image of "channel" mode a constant plane and scale 1/std (1 in "mean_image" mode). On the CPU a
 numba kernel does it inside the graph (`pipeline.kernels`); on CUDA the graph hands over the uint8 crops and the
-parameters, and the same formula runs as a few batched torch ops here (`TorchFinisher`). The torch version also
-runs on CPU tensors, which is how the tests hold the GPU arithmetic to the kernel's and to a NumPy reference
-without a GPU.
+parameters (both on the GPU), and the same formula runs as a few batched torch ops here (`TorchFinisher`). The torch
+version also runs on CPU tensors, which is how the tests hold the GPU arithmetic to the kernel's and to a NumPy
+reference without a GPU.
 """
 
 from __future__ import annotations
@@ -38,31 +38,35 @@ def mean_planes(norm: Normalization, size: int) -> np.ndarray:
 
 
 class TorchFinisher:
-    """The GPU loader's finishing step, after the graph: the mean planes and lighting basis live on the device."""
+    """The GPU loader's finishing step, after the graph. Everything it reads lives on the crops' device (the mean
+    planes, the lighting basis, the graph's random parameters) and everything it makes is made there, so a batch
+    queues its kernels without waiting for the GPU: a copy from host memory, or a value read back, would stall the
+    CPU until the GPU caught up, once per batch."""
 
     def __init__(self, norm: Normalization, cfg: LoaderConfig, device: torch.device, size: int):
         """`size`: the side of the shards' square images."""
         self.mean_hwc = torch.from_numpy(np.ascontiguousarray(mean_planes(norm, size).transpose(1, 2, 0))).to(device)
         self.scale = torch.from_numpy((1.0 / norm.std).astype(np.float32)).to(device)
-        self.basis = torch.from_numpy(norm.lighting_basis()) if norm.eigval is not None else None  # shift = B @ alpha
+        basis = norm.lighting_basis() if norm.eigval is not None else None  # shift = basis @ alpha
+        self.basis = None if basis is None else torch.from_numpy(basis).to(device)
         self.channels_last = cfg.channels_last
         self.center = center_start(size, cfg.crop_size)
 
     def __call__(self, crops: torch.Tensor, starts=None, mirrors=None, alphas=None) -> torch.Tensor:
-        """crops: uint8 [B, h, w, 3] on the device; starts int [B, 2] (y, x), mirrors int [B], alphas float [B, 3]
-        (any device), or None for val's unflipped, unlit center crops. -> float32 [B, 3, h, w]"""
+        """crops: uint8 [B, h, w, 3]; starts int [B, 2] (y, x), mirrors int [B] (or [B, 1]), alphas float [B, 3]
+        (or [B, 1, 3]), all on the crops' device; None for val's unflipped, unlit center crops.
+        -> float32 [B, 3, h, w]"""
         count, device = crops.shape[0], crops.device
         if starts is None:
-            starts = torch.full((count, 2), self.center, dtype=torch.int32)
+            starts = torch.full((count, 2), self.center, dtype=torch.int32, device=device)
         if mirrors is None:
-            mirrors = torch.zeros(count, dtype=torch.int32)
-        shifts = torch.zeros(count, 3)
+            mirrors = torch.zeros(count, dtype=torch.int32, device=device)
         if alphas is not None and self.basis is not None:
-            shifts = alphas.reshape(count, 3).float().cpu() @ self.basis.T
-        return finish_with_torch(
-            crops, starts.to(device), mirrors.reshape(count).to(device), shifts.to(device), self.mean_hwc, self.scale,
-            self.channels_last,
-        )  # fmt: skip
+            shifts = alphas.reshape(count, 3).float() @ self.basis.T
+        else:
+            shifts = torch.zeros(count, 3, device=device)
+        return finish_with_torch(crops, starts, mirrors.reshape(count), shifts, self.mean_hwc, self.scale,
+                                 self.channels_last)  # fmt: skip
 
 
 def finish_with_torch(crops, starts, mirrors, shifts, mean_hwc, scale, channels_last: bool = False) -> torch.Tensor:

@@ -18,6 +18,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.augment import (
     DALI_DTYPES,
+    decode_image,
     decode_window,
     finish_crops,
     lighting_alphas,
@@ -70,15 +71,17 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
 
 def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, size: int, block):
     """-> (images, extras). Translate crops: finished float crops on the CPU; on the GPU uint8 HWC windows with
-    extras (start [2], mirror[, alphas [1, 3]]) for `pipeline.finish.TorchFinisher`. Random-resized crops: finished
-    by DALI, no extras."""
+    extras (start [2], mirror [1][, alphas [1, 3]]) for `pipeline.finish.TorchFinisher`. The random parameters are
+    drawn by CPU operators (DALI takes argument inputs such as the decoder's window only from the CPU), and the
+    extras are copies of them moved to the GPU inside the graph, so torch receives them without a blocking copy.
+    Random-resized crops: finished by DALI, no extras."""
     alphas = lighting_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
     if finished_by_kernel(cfg):
         mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32, shape=[1])
         start, shape = translate_window(size, cfg.crop_size)
         crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
         if dev == "gpu":
-            return crops, (start_node(start), mirror) + (() if alphas is None else (alphas,))
+            return crops, tuple(node.gpu() for node in (start_node(start), mirror, alphas) if node is not None)
         return finish_crops(crops, start=start, mirror=mirror, alphas=alphas, block=block, layout=_layout(cfg)), ()
     mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
     start, shape = random_resized_window(size)
@@ -94,7 +97,7 @@ def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder:
     """-> (images, no extras): the center crop (finished on the CPU, uint8 for `TorchFinisher` on the GPU), or
     ten crops finished by DALI (whose mean image, if any, `pipeline.mean_image` subtracts)."""
     if cfg.ten_crop:
-        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)  # -> uint8 HWC [size, size, 3]
+        images = decode_image(jpegs, decoder)  # -> uint8 HWC [size, size, 3]
         dtype = types.FLOAT if subtracted_by_torch(cfg, norm) else DALI_DTYPES[cfg.dtype]  # torch casts after
         return ten_crops(images, norm, size=size, crop=cfg.crop_size, dtype=dtype, layout=_layout(cfg)), ()
     mid = center_start(size, cfg.crop_size)
@@ -134,7 +137,7 @@ def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dis
         images, extras = make(jpegs, cfg, norm, dev, decoder, size, block)
         if gpu and shards.format == "contract":
             labels = labels.gpu()
-        return (images, labels, *extras)  # extras stay on the CPU
+        return (images, labels, *extras)
 
     pipe = imagenet(checkpoint=checkpoint)
     pipe.finishing_block = block

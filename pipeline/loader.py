@@ -24,7 +24,7 @@ from pipeline.finish import TorchFinisher, finished_by_kernel
 from pipeline.graph import READER_NAME, build_pipeline
 from pipeline.mean_image import TenCropMeanImage, subtracted_by_torch
 from pipeline.normalize import load_normalization
-from pipeline.output import parse_class_labels, to_torch
+from pipeline.output import labels_to_device, output_stream, parse_class_labels, to_torch
 from pipeline.sharding import DistInfo, EpochPlan, dist_from_env, plan_epoch
 from pipeline.sources import find_shards
 
@@ -132,7 +132,7 @@ class ImageNetLoader:
         if self._failed is not None:
             raise LoaderError(f"{self!r} failed earlier and cannot go on") from self._failed
         try:
-            outputs = self._pipe.run()
+            outputs = self._pipe.run(output_stream(self.device))  # GPU: no wait for the batch on the host
         except RuntimeError as e:
             self._failed = explain_failure(e, self.shards)
             raise self._failed from e
@@ -140,15 +140,16 @@ class ImageNetLoader:
         return outputs
 
     def _to_torch(self, outputs, valid: int):
+        # Nothing here waits for the GPU: every tensor stays on its device and nothing is read back.
         images, labels, extras = outputs[0], outputs[1], outputs[2:]
         if self.shards.format == "contract":
-            y = to_torch(labels, self.device).view(-1)
+            y = to_torch(labels).view(-1)
         else:
-            y = parse_class_labels(labels, self.shards.split).to(self.device)
+            y = labels_to_device(parse_class_labels(labels, self.shards.split), self.device)
         y = y[:valid]  # val: padding repeats a rank's last sample; it must not be counted twice
-        x = to_torch(images, self.device)[:valid]
+        x = to_torch(images)[:valid]
         if self._finisher is not None:  # GPU: uint8 crops + (start, mirror[, alphas]) -> float32, any layout
-            x = self._finisher(x, *(to_torch(e, torch.device("cpu"))[:valid] for e in extras))
+            x = self._finisher(x, *(to_torch(e)[:valid] for e in extras))
         else:
             if self._mean_image is not None:
                 x = self._mean_image(x)  # DALI made float32 here

@@ -3,6 +3,8 @@
 The images encode where each pixel came from: red = x, green = y (both 0..255 ramps over the 256x256 image) and
 blue = a coarse code of the sample index. JPEG at quality 100 without chroma subsampling keeps smooth ramps within
 a couple of levels, so a crop's offset, a flip and the sample's identity can be read back from the loader's output.
+`coded_build_420` holds the same images with 4:2:0 chroma, as `preprocess build-shards` writes them: where CPU and
+GPU decoders upsample chroma differently, it shows.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def coded_pixels(index: int) -> np.ndarray:
     return img
 
 
-def encode_jpeg(pixels: np.ndarray, quality: int = 100) -> bytes:
+def encode_jpeg(pixels: np.ndarray, quality: int = 100, subsampling: int = 0) -> bytes:
+    """subsampling: PIL's code, 0 for 4:4:4 (full-resolution chroma), 2 for 4:2:0."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=quality, subsampling=0)
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality, subsampling=subsampling)
     return buf.getvalue()
 
 
@@ -116,14 +119,15 @@ def coded_stats(mean_image: np.ndarray) -> Stats:
     )
 
 
-def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7, mutate=None) -> CodedBuild:
+def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7, mutate=None,
+                      subsampling: int = 0) -> CodedBuild:  # fmt: skip
     """A complete shard root (manifest, stats, mean image, indexed shards) of position-coded images.
 
     Each sample's label is its global index (val starts at 1000), so labels identify samples exactly.
     `mutate(index, members) -> members` may change a sample before it is written (for bad-input tests).
     """
     root = str(root)
-    jpegs = {i: encode_jpeg(coded_pixels(i)) for i in range(16)}  # the image depends on index % 16 only
+    jpegs = {i: encode_jpeg(coded_pixels(i), subsampling=subsampling) for i in range(16)}  # depends on index % 16
     labels: dict[str, dict[int, int]] = {}
     splits = {}
     offset = 0
@@ -159,6 +163,12 @@ def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7,
 def coded_build_fixture(tmp_path_factory) -> CodedBuild:
     """40 train samples in 6 shards, 13 val samples in 2 shards (an odd count, uneven shards)."""
     return write_coded_build(tmp_path_factory.mktemp("coded_build"))
+
+
+@pytest.fixture(scope="session", name="coded_build_420")
+def coded_build_420_fixture(tmp_path_factory) -> CodedBuild:
+    """The same samples, 4:2:0 JPEGs."""
+    return write_coded_build(tmp_path_factory.mktemp("coded_build_420"), subsampling=2)
 
 
 def identity_norm() -> dict:

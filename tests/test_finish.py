@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from host_sync import HostSyncRecorder
 from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a fixture
 
 from helpers import quick_build_config
@@ -89,6 +90,28 @@ def test_torch_val_defaults_are_the_unflipped_unlit_center_window():
     mid = (SIZE - 224) // 2
     expected = reference(crops, mean_planes(norm, SIZE), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
     np.testing.assert_allclose(finisher(torch.from_numpy(crops)).numpy(), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_torch_finisher_never_waits_for_its_device(split):
+    """The CUDA loader's per-batch step, on the "meta" device as CUDA's stand-in: every input arrives on the device in
+    the graph's shapes (mirror [B, 1], alphas [B, 1, 3]), and nothing is copied between host and device or read
+    back (each would be a host sync per batch on CUDA)."""
+    rng = np.random.default_rng(7)
+    crops, starts, mirrors, alphas, norm = random_case(rng, 4, 224, channel=False)
+    meta = torch.device("meta")
+    finisher = TorchFinisher(norm, LoaderConfig(device="cpu", split=split), meta, SIZE)
+
+    params = [torch.from_numpy(starts), torch.from_numpy(mirrors[:, None]), torch.from_numpy(alphas[:, None, :])]
+    inputs = [torch.from_numpy(crops).to(meta)] + ([p.to(meta) for p in params] if split == "train" else [])
+    with HostSyncRecorder() as recorder:
+        out = finisher(*inputs)
+    assert out.device == meta and out.shape == (4, 3, 224, 224) and out.dtype == torch.float32
+    assert recorder.calls == []
+    if split == "train":  # the graph's shapes give what flat ones give
+        on_cpu = TorchFinisher(norm, LoaderConfig(device="cpu"), torch.device("cpu"), SIZE)
+        flat = [torch.from_numpy(a) for a in (starts, mirrors, alphas)]
+        assert torch.equal(on_cpu(torch.from_numpy(crops), *params), on_cpu(torch.from_numpy(crops), *flat))
 
 
 def test_batches_a_training_loop_keeps_stay_intact(coded_build):
