@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+from host_sync import HostSyncRecorder, recorded_after_first
 from trainer_fixtures import StandInLoader, colour_batches
 
 from trainer.chance import ChanceDetector
 from trainer.dist import DistInfo
-from trainer.loop import Progress, StepContext, evaluate, train_one_epoch
+from trainer.loop import Progress, StepContext, count_into, evaluate, train_one_epoch
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model import build_model
 from trainer.schedule import LRSchedule
@@ -84,3 +85,44 @@ def test_loss_above_chance_and_collapsed_val_count_as_chance():
     assert d.update(4, 4 * 3.0, spread)  # confident wrong guesses: loss above ln(10) is no better than chance
     d2 = ChanceDetector(10, steps=4)
     assert not d2.observe_val(spread) and d2.observe_val(torch.tensor([0.0, 50.0] + [0.0] * 8)) and d2.fired == 1
+
+
+def test_training_steps_and_evaluation_queue_without_a_host_sync(tmp_path):
+    """Between log intervals a step must only queue work: no value read back, no tensor built from host data. Here on
+    CPU tensors, the calls that would make the CPU wait for a CUDA GPU are recorded (from the second batch on)."""
+    torch.manual_seed(0)
+    classes, steps = 3, 6
+    model = build_model("alexnet-bn", classes, width=0.0625)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    recorder = HostSyncRecorder()
+    loader = StandInLoader(colour_batches("learnable", steps=steps, batch=4))
+    ctx = StepContext(opt, LRSchedule(opt, kind="cosine", base_lr=0.01, total_steps=100, steps_per_epoch=steps),
+                      torch.amp.GradScaler("cuda", enabled=False), DistInfo(), classes, log_interval=100)
+    stats = train_one_epoch(model, _Recorded(loader, recorder), ctx, Progress())
+    assert stats["steps"] == steps and recorder.calls == []
+    val_recorder = HostSyncRecorder()
+    val = _Recorded(colour_batches("learnable", steps=3, batch=5), val_recorder)
+    result = evaluate(model, val, info=DistInfo(), num_classes=classes)
+    assert result["count"] == 15 and val_recorder.calls == []
+
+
+class _Recorded:
+    """A loader whose iteration records host syncs from its second batch on."""
+
+    def __init__(self, loader, recorder):
+        self.loader, self.recorder = loader, recorder
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        return recorded_after_first(self.loader, self.recorder)
+
+
+def test_count_into_counts_like_bincount():
+    indices = torch.tensor([4, 0, 4, 2, 4, 0])
+    for dtype in (torch.float64, torch.int64):
+        counts = torch.zeros(6, dtype=dtype)
+        count_into(count_into(counts, indices), indices[:2])
+        expected = torch.bincount(indices, minlength=6) + torch.bincount(indices[:2], minlength=6)
+        assert torch.equal(counts, expected.to(dtype))

@@ -53,12 +53,16 @@ def setup(device: str) -> DistInfo:
         # Ranks on one machine share its cores: without this each one starts a thread per core and they thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     if world_size > 1 and not tdist.is_initialized():
-        _init_process_group("nccl" if device == "cuda" else "gloo")
+        cuda = device == "cuda"
+        _init_process_group("nccl" if cuda else "gloo", torch.device("cuda", local_rank) if cuda else None)
     return DistInfo(rank, world_size, local_rank, local_world_size, device_name)
 
 
-def _init_process_group(backend: str) -> None:
+def _init_process_group(backend: str, device_id: torch.device | None = None) -> None:
     """init_process_group on torchrun's store, under a key prefix per restart attempt.
+
+    `device_id` (NCCL): the process's GPU, so that the communicator is created now rather than lazily by the first
+    collective (which warns that it has to guess the device, and makes the first barrier slow).
 
     torchrun (torch >= 2.5) shares its rendezvous TCPStore with the workers, and the store outlives a restart:
     without a prefix, restarted workers can read the previous attempt's gloo/NCCL addresses and fail to
@@ -68,7 +72,7 @@ def _init_process_group(backend: str) -> None:
     store, rank, world_size = next(tdist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = tdist.PrefixStore(f"trainer/attempt-{attempt}", store)
-    tdist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
+    tdist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, device_id=device_id)
 
 
 def teardown(info: DistInfo) -> None:

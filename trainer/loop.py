@@ -1,7 +1,10 @@
 """The two loop bodies: one training epoch and one evaluation pass. Dependencies come in as parameters.
 
 Per-step values stay on the device and are synchronised once per log interval (`.item()` is a CPU-GPU sync
-point); at that moment they are also summed over ranks, so rank 0 logs global running values.
+point); at that moment they are also summed over ranks, so rank 0 logs global running values. Between log
+intervals a step only queues work: no value is read back and no tensor is built from host data (on CUDA,
+`torch.tensor(n, device=...)` copies from pageable memory and `bincount` reads its input's range back, and either
+makes the CPU wait for the GPU every step).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from trainer.data import timed
 from trainer.dist import DistInfo
 from trainer.metrics import MetricsWriter, topk_correct
 
-__all__ = ["Progress", "StepContext", "train_one_epoch", "evaluate", "autocast"]
+__all__ = ["Progress", "StepContext", "train_one_epoch", "evaluate", "autocast", "count_into"]
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +112,11 @@ def train_one_epoch(
             top1, top5 = topk_correct(logits.float(), labels)
             n = labels.shape[0]
             step_sums = torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
-                                     torch.tensor(n, dtype=torch.float64, device=device),
+                                     torch.full((), n, dtype=torch.float64, device=device),
                                      torch.ones((), dtype=torch.float64, device=device)])
             interval += step_sums
             epoch_sums += step_sums
-            preds += torch.bincount(logits.argmax(1), minlength=ctx.num_classes).double()
+            count_into(preds, logits.argmax(1))
         wait += data_wait
         interval_wait += data_wait
         images_here += n
@@ -144,6 +147,12 @@ def train_one_epoch(
         "epoch_time": elapsed,
         "complete": complete,
     }
+
+
+def count_into(counts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """counts[i] += occurrences of i in `indices`, in place and on the device (what `bincount` gives, without its
+    read-back of the indices' range)."""
+    return counts.index_add_(0, indices, torch.ones_like(indices, dtype=counts.dtype))
 
 
 def _log_interval(ctx: StepContext, progress: Progress, sums: torch.Tensor, preds: torch.Tensor, wait: float,
@@ -207,8 +216,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, info: DistInfo, num_classes:
                 loss = F.cross_entropy(scores, labels, reduction="sum")
         top1, top5 = topk_correct(scores, labels)
         sums += torch.stack([loss.double(), top1.double(), top5.double(),
-                             torch.tensor(labels.shape[0], dtype=torch.float64, device=device)])
-        confusion += torch.bincount(labels * num_classes + scores.argmax(1), minlength=num_classes**2)
+                             torch.full((), labels.shape[0], dtype=torch.float64, device=device)])
+        count_into(confusion, labels * num_classes + scores.argmax(1))
     dist.all_reduce_sum(info, sums)
     dist.all_reduce_sum(info, confusion)
     loss_sum, c1, c5, count = sums.tolist()
