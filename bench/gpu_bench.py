@@ -1,7 +1,7 @@
 """Does the loader keep a GPU busy? Loader throughput and the data-wait share of real AlexNet training steps.
 
     python bench/gpu_bench.py shards/                      # any CUDA machine; shards from `preprocess build-shards`
-    python bench/gpu_bench.py                              # the demo's generated sample
+    python bench/gpu_bench.py                              # a generated sample, a whole number of batches
     python bench/gpu_bench.py shards/ --batch-size 256 --threads 8 --steps 200
 
 Prints, in one run on one GPU:
@@ -19,6 +19,7 @@ so that the script itself cannot rot on machines without a GPU.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -44,15 +45,35 @@ def batches(loader):
         yield from loader
 
 
+def sample_per_class(batch_size: int, classes: int = 10, at_least: int = 1000) -> int:
+    """Images per class of the default sample: at least `at_least` in all, and a whole number of batches, so that no
+    partial batch is dropped (the loader would still decode it, and the bench would understate the loader)."""
+    step = math.lcm(batch_size, classes) // classes
+    return step * max(1, math.ceil(at_least / classes / step))
+
+
+def dropped_note(loader) -> str | None:
+    """A line for the output when the train loader drops a partial batch per epoch, else None."""
+    plan = loader.plan
+    dropped = plan.rank_samples - plan.batches * plan.batch_size
+    if dropped <= 0:
+        return None
+    return (f"note: {dropped} of {plan.rank_samples} train images per epoch fall in a partial batch that the loader "
+            f"reads, decodes and drops: 'loader alone' understates it by up to {dropped / plan.rank_samples:.0%} "
+            "(choose a batch size that divides the split)")  # fmt: skip
+
+
 def loader_rate(it, steps: int, device: str) -> float:
     for _ in range(2):  # warm-up: pipeline start, decoder allocations
         next(it)
     sync(device)
+    count = 0
     start = time.perf_counter()
     for _ in range(steps):
         images, _ = next(it)
+        count += images.shape[0]
     sync(device)
-    return steps * images.shape[0] / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start)
 
 
 def train_rate(model, optimizer, next_batch, steps: int, device: str) -> tuple[float, float]:
@@ -93,7 +114,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_bench needs a CUDA GPU (the CPU path is measured by bench/loader_bench.py)")
 
-    root = args.root or sample_build(100, val_per_class=20, shard_size=128)
+    root = args.root or sample_build(sample_per_class(args.batch_size), val_per_class=20, shard_size=128)
     torch.backends.cudnn.benchmark = True
     loader_device = "gpu" if args.device == "cuda" else "cpu"
     loader = ImageNetLoader(root, split="train", batch_size=args.batch_size, device=loader_device,
@@ -117,6 +138,9 @@ def main() -> None:
     print(f"{'AlexNet bf16 steps fed by the loader':52s} {fed:10.0f}")
     print()
     print(f"fed / resident: {fed / ideal:.2f}   data-wait fraction of step time: {wait:.1%}   (the loader keeps up: < 10%)")
+    note = dropped_note(loader)
+    if note:
+        print(note)
 
 
 if __name__ == "__main__":
