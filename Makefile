@@ -9,7 +9,7 @@ TORCH_CPU := torch==2.13.0
 SAMPLE ?= sample
 SHARDS ?= shards
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench gpu-check lint clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,10 @@ bench: $(STAMP)
 ifneq ($(HAS_GPU),)
 	$(BIN)/python bench/gpu_bench.py
 endif
+
+# The first run on a GPU machine: GPU tests, host syncs, CPU vs GPU decode, gpu_bench, AMP/compile training, resume.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -32,3 +32,13 @@ def test_the_default_gpu_bench_sample_is_a_whole_number_of_batches():
         per_class = sample_per_class(batch)
         assert 10 * per_class >= 1000 and 10 * per_class % batch == 0
     assert sample_per_class(256) == 128  # 1280 images: 5 batches
+
+
+def test_gpu_check_says_so_and_exits_0_without_cuda(tmp_path):
+    work = tmp_path / "work"
+    cmd = [sys.executable, os.path.join(REPO, "bench", "gpu_check.py"), "--work", str(work)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = "gpu_check: no CUDA device on this machine, so nothing was run (it needs one NVIDIA GPU)"
+    assert done.stdout.splitlines() == [said]
+    assert not work.exists()
