@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from host_sync import HostSyncRecorder
 from loader_fixtures import coded_build_420_fixture, coded_pixels, decode_jpeg, encode_jpeg, identity_norm  # noqa: F401
 
 from pipeline import ImageNetLoader
@@ -26,6 +27,19 @@ def test_cpu_decode_of_420_jpegs_is_libjpeg_turbos(coded_build_420):
     for image, label in zip(images.numpy(), labels.tolist(), strict=True):
         pixels = decode_jpeg(encode_jpeg(coded_pixels(label % 16), subsampling=2))
         np.testing.assert_array_equal(image, pixels[mid : mid + CROP, mid : mid + CROP].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("options", [dict(split="train", dtype="bfloat16"), dict(split="val", ten_crop=True,
+                                                                               channels_last=True)])  # fmt: skip
+def test_the_loaders_own_per_batch_code_makes_no_syncing_call(coded_build_420, options):
+    """The torch side of a batch (labels, trimming, ten-crop mean image, layout, cast), recorded on the CPU path:
+    nothing in it may read a value back or build a tensor from host data. The GPU-only step is held to the same rule
+    in test_finish.py; CUDA runs count real syncs below."""
+    it = iter(ImageNetLoader(coded_build_420.root, device="cpu", batch_size=4, num_threads=1, **options))
+    next(it)
+    with HostSyncRecorder() as recorder:
+        images, labels = next(it)
+    assert recorder.calls == [] and len(labels) == 4 and images.shape[0] == 4
 
 
 @needs_gpu
