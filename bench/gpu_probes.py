@@ -87,16 +87,16 @@ def runs_ahead(root: str, busy_ms: float = 500.0, batches: int = 3) -> tuple[boo
     """While torch's stream is busy for `busy_ms`, the loader must hand out batches without waiting for it: a wait
     anywhere in the per-batch path (a blocking copy, a value read back) would hold each next() until the GPU is free."""
     it = iter(_loader(root, split="train"))
-    for _ in range(3):
-        next(it)
+    warm_up = [next(it) for _ in range(3)]
+    del warm_up  # their buffers go back to DALI before the GPU is made busy
     cycles = int(busy_ms * _sleep_cycles_per_ms())
     torch.cuda.synchronize()
     torch.cuda._sleep(cycles)
     start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
+    kept = [next(it) for _ in range(batches)]  # kept: none of their buffers is released while the GPU is busy
     host_ms = 1000 * (time.perf_counter() - start)
     torch.cuda.synchronize()
+    del kept
     return host_ms < busy_ms / 2, f"{batches} batches handed out in {host_ms:.0f} ms while the GPU was busy {busy_ms:.0f} ms"
 
 
