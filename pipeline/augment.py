@@ -17,13 +17,13 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
+from pipeline.lighting import lighting_basis, lighting_shift
 from pipeline.normalize import Normalization
 from pipeline.windows import ten_crop_windows
 
 __all__ = [
     "translate_window",
     "random_resized_window",
-    "lighting_alphas",
     "channel_shift",
     "finish_crops",
     "start_node",
@@ -67,20 +67,14 @@ def _uniform_below(count):
     return fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
 
 
-def lighting_alphas(std: float):
-    """PCA lighting's random part (paper, section 4.1): alpha ~ N(0, std), drawn once per image. -> float [1, 3]"""
-    return fn.random.normal(shape=[1, 3], stddev=std)
-
-
 def channel_shift(norm: Normalization, base: np.ndarray, alphas=None):
-    """What `crop_mirror_normalize` subtracts per channel: `base` minus the PCA lighting offset
-    eigvec @ (alpha * eigval) x255 (0..255 units). The 3x3 product is one affine `coord_transform` of the
-    alphas (M = -basis, T = base), instead of a handful of per-sample arithmetic operators. -> float [3]"""
+    """What `crop_mirror_normalize` subtracts per channel: `base` minus the lighting shift (0..255 units), the
+    shift built from DALI's arithmetic operators by `lighting_shift` itself. -> float [3]"""
+    base = types.Constant(np.asarray(base, np.float32))
     if alphas is None:
-        return types.Constant(np.asarray(base, np.float32))
-    matrix = (-norm.lighting_basis()).flatten().tolist()
-    shifted = fn.coord_transform(alphas, M=matrix, T=np.asarray(base, np.float32).tolist())
-    return fn.reshape(shifted, shape=[3])
+        return base
+    rows = [types.Constant(row) for row in lighting_basis(norm.eigval, norm.eigvec)]
+    return fn.reshape(base - lighting_shift(alphas, rows), shape=[3])
 
 
 def finish_crops(crops, *, start, mirror=None, alphas=None, block: np.ndarray, layout: str = "CHW"):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.config import LoaderConfig
+from pipeline.lighting import lighting_basis, lighting_shift
 from pipeline.normalize import Normalization
 from pipeline.windows import center_start
 
@@ -47,7 +48,7 @@ class TorchFinisher:
         """`size`: the side of the shards' square images."""
         self.mean_hwc = torch.from_numpy(np.ascontiguousarray(mean_planes(norm, size).transpose(1, 2, 0))).to(device)
         self.scale = torch.from_numpy((1.0 / norm.std).astype(np.float32)).to(device)
-        basis = norm.lighting_basis() if norm.eigval is not None else None  # shift = basis @ alpha
+        basis = lighting_basis(norm.eigval, norm.eigvec) if norm.eigval is not None else None
         self.basis = None if basis is None else torch.from_numpy(basis).to(device)
         self.channels_last = cfg.channels_last
         self.center = center_start(size, cfg.crop_size)
@@ -62,7 +63,7 @@ class TorchFinisher:
         if mirrors is None:
             mirrors = torch.zeros(count, dtype=torch.int32, device=device)
         if alphas is not None and self.basis is not None:
-            shifts = alphas.reshape(count, 3).float() @ self.basis.T
+            shifts = lighting_shift(alphas.reshape(count, 3).float(), self.basis)
         else:
             shifts = torch.zeros(count, 3, device=device)
         return finish_with_torch(crops, starts, mirrors.reshape(count), shifts, self.mean_hwc, self.scale,

@@ -21,7 +21,6 @@ from pipeline.augment import (
     decode_image,
     decode_window,
     finish_crops,
-    lighting_alphas,
     normalize_window,
     random_resized_window,
     start_node,
@@ -31,6 +30,7 @@ from pipeline.augment import (
 from pipeline.config import LoaderConfig
 from pipeline.finish import finished_by_kernel, mean_planes
 from pipeline.kernels import parameter_block
+from pipeline.lighting import draw_alphas, lighting_basis
 from pipeline.mean_image import subtracted_by_torch
 from pipeline.normalize import Normalization
 from pipeline.sharding import DistInfo
@@ -75,7 +75,7 @@ def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decode
     drawn by CPU operators (DALI takes argument inputs such as the decoder's window only from the CPU), and the
     extras are copies of them moved to the GPU inside the graph, so torch receives them without a blocking copy.
     Random-resized crops: finished by DALI, no extras."""
-    alphas = lighting_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
+    alphas = draw_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
     if finished_by_kernel(cfg):
         mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32, shape=[1])
         start, shape = translate_window(size, cfg.crop_size)
@@ -120,7 +120,7 @@ def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dis
     # The CPU kernel reads the mean planes and 1/std by address: the array lives as long as the pipeline object.
     block = None
     if not gpu and finished_by_kernel(cfg):
-        basis = norm.lighting_basis() if norm.eigval is not None and cfg.training else None
+        basis = lighting_basis(norm.eigval, norm.eigvec) if norm.eigval is not None and cfg.training else None
         block = parameter_block(mean_planes(norm, size), 1.0 / norm.std, basis)
 
     @pipeline_def(

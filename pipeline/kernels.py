@@ -31,6 +31,8 @@ from numba import carray, njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from pipeline.lighting import lighting_shift
+
 __all__ = ["finish_crop", "parameter_block", "finishing_operator"]
 
 _JIT = dict(nogil=True, boundscheck=False, cache=True)
@@ -38,8 +40,8 @@ _JIT = dict(nogil=True, boundscheck=False, cache=True)
 
 def parameter_block(mean_chw: np.ndarray, scale: np.ndarray, basis: np.ndarray | None = None) -> np.ndarray:
     """What the kernel reads besides the sample, as one contiguous float32 array passed to the operator by address
-    (the caller keeps it alive): the image side S, the 1/std `scale` [3], the lighting basis [3, 3] (shift =
-    basis @ alpha; zeros without lighting), then the mean planes [3, S, S] (0..255) and their mirror."""
+    (the caller keeps it alive): the image side S, the 1/std `scale` [3], the lighting basis [3, 3]
+    (`pipeline.lighting`; zeros without lighting), then the mean planes [3, S, S] (0..255) and their mirror."""
     mean = np.asarray(mean_chw, np.float32)
     if mean.ndim != 3 or mean.shape[0] != 3 or mean.shape[1] != mean.shape[2]:
         raise ValueError(f"mean planes must be [3, S, S], got {mean.shape}")
@@ -219,10 +221,7 @@ def _pointer(typingctx, address):  # pragma: no cover - compiled
     return types.voidptr(address), codegen
 
 
-@njit(**_JIT)
-def _shift(block, alphas, c):  # pragma: no cover - compiled
-    b = block[4 + 3 * c : 7 + 3 * c]
-    return b[0] * alphas[0, 0] + b[1] * alphas[0, 1] + b[2] * alphas[0, 2]
+_lighting_shift = njit(**_JIT)(lighting_shift)
 
 
 @njit(**_JIT)
@@ -235,8 +234,8 @@ def _block(address):  # pragma: no cover - compiled
 def _finish_sample(out_chw, crop, start, mirror, alphas, address):  # pragma: no cover - compiled
     """One sample as DALI hands it over: the block by address, the lighting shift from the alphas."""
     block = _block(address[0])
-    a0, a1, a2 = _shift(block, alphas, 0), _shift(block, alphas, 1), _shift(block, alphas, 2)
-    finish_crop(out_chw, crop, start[0], start[1], mirror[0], a0, a1, a2, block)
+    shift = _lighting_shift(alphas, block[4:_HEAD].reshape((3, 3)))
+    finish_crop(out_chw, crop, start[0], start[1], mirror[0], shift[0, 0], shift[0, 1], shift[0, 2], block)
 
 
 def _run_chw(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin

@@ -1,4 +1,4 @@
-"""What is subtracted and added to the pixels: the mean image or channel mean/std, and the PCA lighting basis.
+"""What is subtracted from and scales the pixels (the mean image, or channel mean/std), and the eigen data of lighting.
 
 Statistics are data (stats.json, mean_image.npy), not constants in code. Everything here is in 0..255 pixel
 units, because DALI works on uint8 pixels: stats.json and mean_image.npy use [0, 1] units, hence the x255.
@@ -23,10 +23,6 @@ class Normalization:
     std: np.ndarray  # float32 [3], 0..255; divides in "channel" mode (1 in "mean_image" mode)
     eigval: np.ndarray | None  # float32 [3], eigenvalues of the [0, 1] pixel covariance
     eigvec: np.ndarray | None  # float32 [3, 3], eigenvectors as COLUMNS (rows R, G, B)
-
-    def lighting_basis(self) -> np.ndarray:
-        """[3, 3] matrix B with offset = B @ alpha in 0..255 units: column j is eigvec[:, j] * eigval[j] * 255."""
-        return (self.eigvec * self.eigval[None, :] * 255.0).astype(np.float32)
 
 
 def _vector(values, name: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from pipeline import ImageNetLoader, kernels
 from pipeline.config import LoaderConfig
 from pipeline.finish import TorchFinisher, mean_planes
 from pipeline.kernels import finish_crop, parameter_block
+from pipeline.lighting import lighting_basis
 from pipeline.normalize import Normalization
 from preprocess.build import build_shards
 
@@ -69,7 +70,7 @@ def run_kernel(crops, starts, mirrors, shifts, norm, channels_last: bool) -> np.
 def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channels_last):
     rng = np.random.default_rng(crop + 2 * channel)
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
-    shifts = alphas @ norm.lighting_basis().T
+    shifts = alphas @ lighting_basis(norm.eigval, norm.eigvec)
     expected = reference(crops, mean_planes(norm, SIZE), starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
 
     np.testing.assert_allclose(run_kernel(crops, starts, mirrors, shifts, norm, channels_last), expected, atol=1e-3)
@@ -174,7 +175,7 @@ def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last
     Both compute the same operations in the same order, so their results must agree to the bit."""
     rng = np.random.default_rng(crop + channel)
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
-    shifts = (alphas @ norm.lighting_basis().T).astype(np.float32)
+    shifts = (alphas @ lighting_basis(norm.eigval, norm.eigvec)).astype(np.float32)
     block = parameter_block(mean_planes(norm, SIZE), 1.0 / norm.std)
     layout = kernels.HWC if channels_last else kernels.CHW
     for i in range(len(crops)):
