@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LoaderConfig", "DTYPES", "CROP_MODES", "NORMALIZATIONS", "FORMATS", "DEVICES"]
+__all__ = ["LoaderConfig", "DTYPES", "dali_dtype", "torch_dtype", "CROP_MODES", "NORMALIZATIONS", "FORMATS", "DEVICES"]
 
-DTYPES = ("float32", "float16", "bfloat16")
+# The `dtype` option -> (what a DALI operator emits for it, the batch's torch dtype). DALI has no bfloat16: it emits
+# float32 and torch casts. The one table of the loader's output types.
+DTYPES = {"float32": ("float32", "float32"), "float16": ("float16", "float16"), "bfloat16": ("float32", "bfloat16")}
 CROP_MODES = ("translate", "random_resized")
 NORMALIZATIONS = ("mean_image", "channel")
 FORMATS = ("auto", "contract", "wds")
@@ -48,7 +50,7 @@ class LoaderConfig:
         check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
         check(self.crop_size >= 1, f"crop_size must be >= 1, got {self.crop_size}")
         check(self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
-        check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check(self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         check(self.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}")
         check(self.crop in CROP_MODES, f"crop must be one of {CROP_MODES}, got {self.crop!r}")
         check(self.format in FORMATS, f"format must be one of {FORMATS}, got {self.format!r}")
@@ -66,3 +68,15 @@ class LoaderConfig:
     @property
     def drops_last(self) -> bool:
         return self.training if self.drop_last is None else self.drop_last
+
+
+def dali_dtype(name: str) -> str:
+    """The float type a DALI operator emits for the `dtype` option `name`."""
+    return DTYPES[name][0]
+
+
+def torch_dtype(name: str):
+    """The torch dtype of the batches for the `dtype` option `name`."""
+    import torch
+
+    return getattr(torch, DTYPES[name][1])

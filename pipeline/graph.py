@@ -1,4 +1,5 @@
-"""The DALI pipeline: reader, sharding and shuffling here; the augmentations come from `pipeline.augment`.
+"""The DALI pipeline: reader, sharding and shuffling here; windows from `pipeline.windows`, finishing from
+`pipeline.finish` (whose plan says which stage finishes a crop).
 
 Shuffling (train). DALI's webdataset reader offers two shuffles and we use both:
 - `shuffle_after_epoch=True` with `shuffle_after_epoch_seed` = the user's seed on EVERY rank: each epoch, the
@@ -16,26 +17,22 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import (
-    DALI_DTYPES,
-    decode_image,
-    decode_window,
-    finish_crops,
-    normalize_window,
-    random_resized_window,
-    start_node,
-    ten_crops,
-    translate_window,
-)
 from pipeline.config import LoaderConfig
-from pipeline.finish import finished_by_kernel, mean_planes
-from pipeline.kernels import parameter_block
+from pipeline.finish import (
+    KERNEL,
+    TORCH,
+    FinishPlan,
+    Normalization,
+    mean_planes,
+    plan_finish,
+    random_resized_finish,
+    ten_crops,
+)
+from pipeline.kernels import finish_in_graph, parameter_block
 from pipeline.lighting import draw_alphas, lighting_basis
-from pipeline.mean_image import subtracted_by_torch
-from pipeline.normalize import Normalization
 from pipeline.sharding import DistInfo
 from pipeline.sources import ShardSet
-from pipeline.windows import center_start
+from pipeline.windows import center_start, decode_image, decode_window, random_resized_window, start_node, translate_window
 
 __all__ = ["build_pipeline", "READER_NAME", "augmentation_seed"]
 
@@ -69,73 +66,56 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
     )
 
 
-def train_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, size: int, block):
-    """-> (images, extras). Translate crops: finished float crops on the CPU; on the GPU uint8 HWC windows with
-    extras (start [2], mirror [1][, alphas [1, 3]]) for `pipeline.finish.TorchFinisher`. The random parameters are
+def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normalization, size: int, block):
+    """-> (images, extras), as `plan` says. Finished in the graph: floats, no extras. Left to TORCH (GPU): uint8 HWC
+    windows, with extras (start [2], mirror [1][, alphas [1, 3]]) for translate crops. The random parameters are
     drawn by CPU operators (DALI takes argument inputs such as the decoder's window only from the CPU), and the
-    extras are copies of them moved to the GPU inside the graph, so torch receives them without a blocking copy.
-    Random-resized crops: finished by DALI, no extras."""
-    alphas = draw_alphas(cfg.lighting_std) if cfg.lighting_std > 0 else None
-    if finished_by_kernel(cfg):
-        mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32, shape=[1])
-        start, shape = translate_window(size, cfg.crop_size)
-        crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
-        if dev == "gpu":
-            return crops, tuple(node.gpu() for node in (start_node(start), mirror, alphas) if node is not None)
-        return finish_crops(crops, start=start, mirror=mirror, alphas=alphas, block=block, layout=_layout(cfg)), ()
-    mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
-    start, shape = random_resized_window(size)
-    images = fn.resize(decode_window(jpegs, start, shape, decoder), size=[cfg.crop_size, cfg.crop_size])
-    images = normalize_window(
-        images, norm, dev, start=start, shape=shape, crop=cfg.crop_size, mirror=mirror, alphas=alphas,
-        dtype=DALI_DTYPES[cfg.dtype], layout=_layout(cfg),
-    )  # fmt: skip
-    return images, ()
-
-
-def val_images(jpegs, cfg: LoaderConfig, norm: Normalization, dev: str, decoder: str, size: int, block):
-    """-> (images, no extras): the center crop (finished on the CPU, uint8 for `TorchFinisher` on the GPU), or
-    ten crops finished by DALI (whose mean image, if any, `pipeline.mean_image` subtracts)."""
-    if cfg.ten_crop:
-        images = decode_image(jpegs, decoder)  # -> uint8 HWC [size, size, 3]
-        dtype = types.FLOAT if subtracted_by_torch(cfg, norm) else DALI_DTYPES[cfg.dtype]  # torch casts after
-        return ten_crops(images, norm, size=size, crop=cfg.crop_size, dtype=dtype, layout=_layout(cfg)), ()
-    mid = center_start(size, cfg.crop_size)
-    crops = decode_window(jpegs, [mid, mid], [cfg.crop_size, cfg.crop_size], decoder)  # -> uint8 HWC
-    if dev == "gpu":
-        return crops, ()
-    return finish_crops(crops, start=[mid, mid], block=block, layout=_layout(cfg)), ()
-
-
-def _layout(cfg: LoaderConfig) -> str:
-    return "HWC" if cfg.channels_last else "CHW"  # HWC is NCHW with channels_last strides after a torch permute
+    extras are copies of them moved to the GPU inside the graph, so torch receives them without a blocking copy."""
+    decoder, crop = ("mixed" if plan.device == "gpu" else "cpu"), cfg.crop_size
+    if plan.window == "ten_crop":
+        return ten_crops(decode_image(jpegs, decoder), norm, plan, size=size, crop=crop), ()
+    if plan.window == "center":
+        mid = center_start(size, crop)
+        crops = decode_window(jpegs, [mid, mid], [crop, crop], decoder)  # -> uint8 HWC
+        if plan.finisher == TORCH:
+            return crops, ()  # the TorchFinisher's defaults: the center, unflipped, unlit
+        return finish_in_graph(crops, start=[mid, mid], block=block, layout=plan.layout), ()
+    alphas = draw_alphas(cfg.lighting_std) if plan.lighting else None
+    if plan.window == "random_resized":
+        mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+        start, shape = random_resized_window(size)
+        images = fn.resize(decode_window(jpegs, start, shape, decoder), size=[crop, crop])
+        return random_resized_finish(images, norm, plan, start=start, shape=shape, crop=crop, mirror=mirror,
+                                     alphas=alphas), ()  # fmt: skip
+    mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32, shape=[1])
+    start, shape = translate_window(size, crop)
+    crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
+    if plan.finisher == TORCH:
+        return crops, tuple(node.gpu() for node in (start_node(start), mirror, alphas) if node is not None)
+    return finish_in_graph(crops, start=start, mirror=mirror, alphas=alphas, block=block, layout=plan.layout), ()
 
 
 def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):
-    """The pipeline for `cfg`; the same graph on both devices (`dev` and the decoder's device differ), up to the
-    finishing step of translate and center crops: our kernel in the CPU graph, `TorchFinisher` after the GPU one."""
-    size = shards.image_size
-    gpu = cfg.device == "gpu"
-    dev, decoder = ("gpu", "mixed") if gpu else ("cpu", "cpu")
+    """The pipeline for `cfg`: the same graph on both devices, up to the finishing step that `plan_finish` assigns."""
+    plan, size = plan_finish(cfg), shards.image_size
     # The CPU kernel reads the mean planes and 1/std by address: the array lives as long as the pipeline object.
     block = None
-    if not gpu and finished_by_kernel(cfg):
-        basis = lighting_basis(norm.eigval, norm.eigvec) if norm.eigval is not None and cfg.training else None
+    if plan.finisher == KERNEL:
+        basis = lighting_basis(norm.eigval, norm.eigvec) if plan.lighting else None
         block = parameter_block(mean_planes(norm, size), 1.0 / norm.std, basis)
 
     @pipeline_def(
         batch_size=cfg.batch_size,
         num_threads=cfg.num_threads,
-        device_id=dist.local_rank if gpu else None,
+        device_id=dist.local_rank if plan.device == "gpu" else None,
         seed=augmentation_seed(cfg.seed, dist.rank),
         prefetch_queue_depth=cfg.prefetch,
         enable_checkpointing=True,
     )
     def imagenet():
         jpegs, labels = read_samples(shards, cfg, dist)
-        make = train_images if cfg.training else val_images
-        images, extras = make(jpegs, cfg, norm, dev, decoder, size, block)
-        if gpu and shards.format == "contract":
+        images, extras = augmented_images(jpegs, plan, cfg, norm, size, block)
+        if plan.device == "gpu" and shards.format == "contract":
             labels = labels.gpu()
         return (images, labels, *extras)
 

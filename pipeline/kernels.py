@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from pipeline.lighting import lighting_shift
 
-__all__ = ["finish_crop", "parameter_block", "finishing_operator"]
+__all__ = ["finish_crop", "parameter_block", "finish_in_graph", "finishing_operator"]
 
 _JIT = dict(nogil=True, boundscheck=False, cache=True)
 
@@ -257,6 +257,21 @@ def _shape_hwc(outs, ins):  # pragma: no cover - compiled by the plugin
 
 
 _OPERATORS: dict[str, object] = {}
+
+
+def finish_in_graph(crops, *, start, mirror=None, alphas=None, block: np.ndarray, layout: str = "CHW"):
+    """The kernel as a node of a CPU graph, over uint8 HWC crops. `start`: int32 [2] node or [y, x]; `mirror`:
+    int32 [1] per sample; `alphas`: float [1, 3]; `block` (`parameter_block`) must outlive the pipeline.
+    -> float32 [3, h, w] (or HWC)"""
+    from nvidia.dali import types as dali_types
+
+    from pipeline.windows import start_node
+
+    address = dali_types.Constant(np.array([block.ctypes.data], np.int64), dtype=dali_types.INT64)
+    start = start_node(start)
+    mirror = dali_types.Constant(np.zeros(1, np.int32)) if mirror is None else mirror
+    alphas = dali_types.Constant(np.zeros((1, 3), np.float32)) if alphas is None else alphas
+    return finishing_operator(layout)(crops, start, mirror, alphas, address)
 
 
 def finishing_operator(layout: str):

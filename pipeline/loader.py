@@ -14,17 +14,15 @@ import logging
 import os
 from dataclasses import asdict, fields
 
+import numpy as np
 import torch
 
 from pipeline.allocator import keep_batch_memory_mapped
 from pipeline.config import LoaderConfig
 from pipeline.diagnose import explain_failure
 from pipeline.errors import LoaderError, ShardError
-from pipeline.finish import TorchFinisher, finished_by_kernel
+from pipeline.finish import AfterGraph, load_normalization, plan_finish
 from pipeline.graph import READER_NAME, build_pipeline
-from pipeline.mean_image import TenCropMeanImage, subtracted_by_torch
-from pipeline.normalize import load_normalization
-from pipeline.output import labels_to_device, output_stream, parse_class_labels, to_torch
 from pipeline.sharding import DistInfo, EpochPlan, dist_from_env, plan_epoch
 from pipeline.sources import find_shards
 
@@ -32,7 +30,6 @@ __all__ = ["ImageNetLoader"]
 
 log = logging.getLogger(__name__)
 _STATE_VERSION = 1
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ImageNetLoader:
@@ -68,12 +65,8 @@ class ImageNetLoader:
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "gpu" else "cpu")
         if cfg.device == "cpu" and cfg.malloc_tuning:
             keep_batch_memory_mapped()  # before DALI's threads allocate: else 1 process in 3 runs 10-15% slower
-        self._finisher = None  # on the GPU, translate and center crops leave DALI as uint8 and are finished by torch
-        if cfg.device == "gpu" and finished_by_kernel(cfg):
-            self._finisher = TorchFinisher(self.norm, cfg, self.device, self.shards.image_size)
-        self._mean_image = None
-        if subtracted_by_torch(cfg, self.norm):
-            self._mean_image = TenCropMeanImage(self.norm.mean_image, cfg, self.device)
+        self.finish_plan = plan_finish(cfg)  # which stage finishes a crop; the graph follows the same plan
+        self._after_graph = AfterGraph(self.finish_plan, self.norm, cfg, self.device, self.shards.image_size)
         self.epoch, self._batch, self._reader_batch = 0, 0, 0
         self._started, self._failed = False, None
         self._pipe = self._build()
@@ -147,16 +140,7 @@ class ImageNetLoader:
         else:
             y = labels_to_device(parse_class_labels(labels, self.shards.split), self.device)
         y = y[:valid]  # val: padding repeats a rank's last sample; it must not be counted twice
-        x = to_torch(images)[:valid]
-        if self._finisher is not None:  # GPU: uint8 crops + (start, mirror[, alphas]) -> float32, any layout
-            x = self._finisher(x, *(to_torch(e)[:valid] for e in extras))
-        else:
-            if self._mean_image is not None:
-                x = self._mean_image(x)  # DALI made float32 here
-            if self.config.channels_last:  # DALI made NHWC: the same memory is NCHW in channels_last format
-                x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.permute(0, 1, 4, 2, 3)
-        if x.dtype != _TORCH_DTYPES[self.config.dtype]:
-            x = x.to(_TORCH_DTYPES[self.config.dtype])  # DALI has no bfloat16
+        x = self._after_graph(to_torch(images)[:valid], tuple(to_torch(e)[:valid] for e in extras))
         return x, y
 
     def _build(self, checkpoint: str | None = None):
@@ -223,3 +207,41 @@ class ImageNetLoader:
         self._pipe = self._build(checkpoint=checkpoint)
         self.epoch, self._batch, self._reader_batch = state["epoch"], state["batch"], state["reader_batch"]
         self._started, self._failed = False, None
+
+
+# DALI outputs -> torch tensors, without a copy on either device ------------------------------------------------------
+# DALI's dynamic executor (the default since DALI 2.0) does not recycle an output buffer while something still
+# references it, so a tensor handed over through DLPack stays valid after later batches: no copy of each batch.
+# GPU: the loader asks DALI for its outputs on torch's current stream (`pipe.run(stream)`), so DALI orders that
+# stream after its own work instead of making the CPU wait for the batch, and frees a buffer in that stream's order
+# once torch drops it. `torch.from_dlpack` passes the same stream to DALI's `__dlpack__`, which would add the wait
+# there if the outputs were bound to another stream.
+
+
+def output_stream(device: torch.device):
+    """The stream DALI binds its outputs to: torch's current one on CUDA; None (host order) on the CPU."""
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+
+def to_torch(batch) -> torch.Tensor:
+    """A DALI TensorList of uniform shape (CPU or GPU) -> a torch tensor on the same device, sharing its memory."""
+    return torch.from_dlpack(batch.as_tensor())
+
+
+def labels_to_device(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host labels -> `device` through pinned memory: a copy from pageable memory would block until it is done."""
+    if device.type == "cpu":
+        return labels
+    return labels.pin_memory().to(device, non_blocking=True)
+
+
+def parse_class_labels(batch, where: str) -> torch.Tensor:
+    """Foreign shards' ASCII `.cls` members (one TensorList of uint8 bytes) -> int64 [B]."""
+    labels = []
+    for i in range(len(batch)):
+        text = np.asarray(batch[i]).tobytes().decode("ascii", errors="replace").strip()
+        try:
+            labels.append(int(text))
+        except ValueError as e:
+            raise ValueError(f"{where}: a .cls member holds {text!r}, not an integer class index") from e
+    return torch.tensor(labels, dtype=torch.int64)

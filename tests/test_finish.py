@@ -15,10 +15,9 @@ from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a f
 from helpers import quick_build_config
 from pipeline import ImageNetLoader, kernels
 from pipeline.config import LoaderConfig
-from pipeline.finish import TorchFinisher, mean_planes
+from pipeline.finish import Normalization, TorchFinisher, mean_planes, plan_finish
 from pipeline.kernels import finish_crop, parameter_block
 from pipeline.lighting import lighting_basis
-from pipeline.normalize import Normalization
 from preprocess.build import build_shards
 
 SIZE = 256
@@ -193,3 +192,26 @@ def test_streaming_needs_a_width_that_16_divides_and_a_dense_layout():
     assert kernels._stream_layout(float32_at((3, 227, 227), 0)) == kernels.NOT_STREAMED
     assert kernels._stream_layout(float32_at((227, 227, 3), 0).transpose(2, 0, 1)) == kernels.NOT_STREAMED
     assert kernels._stream_layout(float32_at((3, 224, 256), 0)[:, :, :224]) == kernels.NOT_STREAMED  # row gaps
+
+
+# (options, (flip, mean, lighting, scale, cast, graph dtype)): who does each step, per mode and device
+PLANS = [
+    (dict(device="cpu"), ("kernel", "kernel", "kernel", "kernel", "kernel", "float32")),
+    (dict(device="cpu", lighting_std=0.0, dtype="bfloat16"), ("kernel", "kernel", None, "kernel", "torch", "float32")),
+    (dict(device="gpu"), ("torch", "torch", "torch", "torch", "torch", "uint8")),
+    (dict(device="cpu", split="val"), (None, "kernel", None, "kernel", "kernel", "float32")),
+    (dict(device="gpu", split="val", dtype="float16"), (None, "torch", None, "torch", "torch", "uint8")),
+    (dict(device="gpu", crop="random_resized", dtype="float16"), ("dali", "dali", "dali", "dali", "dali", "float16")),
+    (dict(device="cpu", crop="random_resized", dtype="bfloat16"), ("dali", "dali", "dali", "dali", "torch", "float32")),
+    (dict(device="cpu", split="val", ten_crop=True, dtype="float16"), ("dali", "torch", None, "dali", "torch", "float32")),
+    (dict(device="gpu", split="val", ten_crop=True, normalization="channel", dtype="float16"),
+     ("dali", "dali", None, "dali", "dali", "float16")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("options, stages", PLANS, ids=[",".join(f"{k}={v}" for k, v in o.items()) for o, _ in PLANS])
+def test_one_plan_says_which_stage_finishes_each_mode(options, stages):
+    plan = plan_finish(LoaderConfig(**options))
+    assert (plan.flip, plan.mean, plan.lighting, plan.scale, plan.cast, plan.graph_dtype) == stages
+    assert plan.device == options["device"] and plan.finisher == stages[3]
+

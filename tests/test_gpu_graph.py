@@ -12,8 +12,8 @@ import pytest
 from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 
 from pipeline.config import LoaderConfig
+from pipeline.finish import load_normalization
 from pipeline.graph import build_pipeline
-from pipeline.normalize import load_normalization
 from pipeline.sharding import DistInfo
 from pipeline.sources import find_shards
 
