@@ -28,7 +28,7 @@ from pipeline.finish import (
     random_resized_finish,
     ten_crops,
 )
-from pipeline.kernels import finish_in_graph, parameter_block
+from pipeline.kernels import finish_in_graph, kernel_params, tie_params
 from pipeline.lighting import draw_alphas, lighting_basis
 from pipeline.sharding import DistInfo
 from pipeline.sources import ShardSet
@@ -39,9 +39,17 @@ __all__ = ["build_pipeline", "READER_NAME", "augmentation_seed"]
 READER_NAME = "Reader"
 
 
+# augmentation_seed's constants: two primes whose products keep every (seed, rank) pair apart. The rank's stride
+# times any rank below 127 stays under the seed's stride, so seed * SEED_STRIDE + rank * RANK_STRIDE is a different
+# integer for every pair (up to ~2100 seeds, past which the modulus can wrap). The modulus, 2**31 - 1 (a prime, the
+# largest int32), keeps the result a valid non-negative DALI seed; DALI takes -1 to mean "random". The + 1 shifts
+# the whole map and stays so that the streams (and the checkpoints that hold them) stay what they were.
+_SEED_STRIDE, _RANK_STRIDE, _SEED_MODULUS = 1_000_003, 7_919, 2**31 - 1
+
+
 def augmentation_seed(seed: int, rank: int) -> int:
     """Per-rank seed of the random operators: ranks must not draw the same crops for different images."""
-    return (seed * 1_000_003 + rank * 7_919 + 1) % (2**31 - 1)
+    return (seed * _SEED_STRIDE + rank * _RANK_STRIDE + 1) % _SEED_MODULUS
 
 
 def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
@@ -66,7 +74,7 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
     )
 
 
-def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normalization, size: int, block):
+def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normalization, size: int, params):
     """-> (images, extras), as `plan` says. Finished in the graph: floats, no extras. Left to TORCH (GPU): uint8 HWC
     windows, with extras (start [2], mirror [1][, alphas [1, 3]]) for translate crops. The random parameters are
     drawn by CPU operators (DALI takes argument inputs such as the decoder's window only from the CPU), and the
@@ -79,7 +87,7 @@ def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normaliza
         crops = decode_window(jpegs, [mid, mid], [crop, crop], decoder)  # -> uint8 HWC
         if plan.finisher == TORCH:
             return crops, ()  # the TorchFinisher's defaults: the center, unflipped, unlit
-        return finish_in_graph(crops, start=[mid, mid], block=block, layout=plan.layout), ()
+        return finish_in_graph(crops, start=[mid, mid], params=params, layout=plan.layout), ()
     alphas = draw_alphas(cfg.lighting_std) if plan.lighting else None
     if plan.window == "random_resized":
         mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
@@ -92,17 +100,16 @@ def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normaliza
     crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
     if plan.finisher == TORCH:
         return crops, tuple(node.gpu() for node in (start_node(start), mirror, alphas) if node is not None)
-    return finish_in_graph(crops, start=start, mirror=mirror, alphas=alphas, block=block, layout=plan.layout), ()
+    return finish_in_graph(crops, start=start, mirror=mirror, alphas=alphas, params=params, layout=plan.layout), ()
 
 
 def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):
     """The pipeline for `cfg`: the same graph on both devices, up to the finishing step that `plan_finish` assigns."""
     plan, size = plan_finish(cfg), shards.image_size
-    # The CPU kernel reads the mean planes and 1/std by address: the array lives as long as the pipeline object.
-    block = None
+    params = None  # what the CPU kernel reads by address: kept alive as long as the pipeline
     if plan.finisher == KERNEL:
         basis = lighting_basis(norm.eigval, norm.eigvec) if plan.lighting else None
-        block = parameter_block(mean_planes(norm, size), 1.0 / norm.std, basis)
+        params = kernel_params(mean_planes(norm, size), 1.0 / norm.std, basis)
 
     @pipeline_def(
         batch_size=cfg.batch_size,
@@ -114,11 +121,12 @@ def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dis
     )
     def imagenet():
         jpegs, labels = read_samples(shards, cfg, dist)
-        images, extras = augmented_images(jpegs, plan, cfg, norm, size, block)
+        images, extras = augmented_images(jpegs, plan, cfg, norm, size, params)
         if plan.device == "gpu" and shards.format == "contract":
             labels = labels.gpu()
         return (images, labels, *extras)
 
     pipe = imagenet(checkpoint=checkpoint)
-    pipe.finishing_block = block
+    if params is not None:
+        tie_params(pipe, params)
     return pipe

@@ -25,6 +25,9 @@ loop.
 
 from __future__ import annotations
 
+import weakref
+from typing import NamedTuple
+
 import llvmlite.ir as ir
 import numpy as np
 from numba import carray, njit
@@ -33,24 +36,44 @@ from numba.extending import intrinsic
 
 from pipeline.lighting import lighting_shift
 
-__all__ = ["finish_crop", "parameter_block", "finish_in_graph", "finishing_operator"]
+__all__ = ["KernelParams", "kernel_params", "params_handle", "finish_crop", "finish_in_graph", "tie_params",
+           "finishing_operator"]  # fmt: skip
 
 _JIT = dict(nogil=True, boundscheck=False, cache=True)
 
 
-def parameter_block(mean_chw: np.ndarray, scale: np.ndarray, basis: np.ndarray | None = None) -> np.ndarray:
-    """What the kernel reads besides the sample, as one contiguous float32 array passed to the operator by address
-    (the caller keeps it alive): the image side S, the 1/std `scale` [3], the lighting basis [3, 3]
-    (`pipeline.lighting`; zeros without lighting), then the mean planes [3, S, S] (0..255) and their mirror."""
+class KernelParams(NamedTuple):
+    """What the kernel reads besides the sample, in 0..255 pixel units. The DALI operator finds the three arrays by
+    their addresses (`params_handle`), so one compiled operator serves every pipeline."""
+
+    scale: np.ndarray  # float32 [3]: 1/std per channel (ones in "mean_image" mode)
+    lighting: np.ndarray  # float32 [3, 3]: `pipeline.lighting.lighting_basis`, zeros without lighting
+    mean_planes: np.ndarray  # float32 [2, 3, S, S]: the mean planes, then the same planes mirrored left-right
+
+
+def kernel_params(mean_chw: np.ndarray, scale: np.ndarray, lighting: np.ndarray | None = None) -> KernelParams:
+    """`mean_chw`: float32 [3, S, S] (`pipeline.finish.mean_planes`); `lighting`: the basis, None without lighting."""
     mean = np.asarray(mean_chw, np.float32)
     if mean.ndim != 3 or mean.shape[0] != 3 or mean.shape[1] != mean.shape[2]:
         raise ValueError(f"mean planes must be [3, S, S], got {mean.shape}")
-    basis = np.zeros((3, 3), np.float32) if basis is None else np.asarray(basis, np.float32).reshape(3, 3)
-    head = np.concatenate([[mean.shape[1]], np.asarray(scale, np.float32).reshape(3), basis.ravel()])
-    return np.concatenate([head.astype(np.float32), mean.ravel(), mean[:, :, ::-1].ravel()])
+    lighting = np.zeros((3, 3), np.float32) if lighting is None else lighting
+    return KernelParams(
+        scale=np.ascontiguousarray(np.asarray(scale, np.float32).reshape(3)),
+        lighting=np.ascontiguousarray(np.asarray(lighting, np.float32).reshape(3, 3)),
+        mean_planes=np.ascontiguousarray(np.stack([mean, mean[:, :, ::-1]])),
+    )
 
 
-_HEAD = 1 + 3 + 9  # side, scale, basis
+# The slots of the int64 [4] input through which the DALI operator finds a KernelParams.
+_SCALE, _LIGHTING, _MEAN_PLANES, _SIDE = range(4)
+
+
+def params_handle(params: KernelParams) -> np.ndarray:
+    """int64 [4]: the three arrays' addresses and the image side S (the caller keeps `params` alive)."""
+    handle = np.zeros(4, np.int64)
+    handle[_SCALE], handle[_LIGHTING] = params.scale.ctypes.data, params.lighting.ctypes.data
+    handle[_MEAN_PLANES], handle[_SIDE] = params.mean_planes.ctypes.data, params.mean_planes.shape[-1]
+    return handle
 
 
 @njit(**_JIT)
@@ -179,17 +202,18 @@ def _finish_streaming(out, layout, rows, y, x, flip, mean, a0, a1, a2, s0, s1, s
 
 
 @njit(**_JIT)
-def finish_crop(out, crop, y, x, mirror, a0, a1, a2, block):  # pragma: no cover - compiled
-    """out[c] = (flip(crop)[c] - flip(mean window at (y, x))[c] + a_c) * scale_c.
+def finish_crop(out, crop, y, x, mirror, shift, params):  # pragma: no cover - compiled
+    """out[c] = (flip(crop)[c] - flip(mean window at (y, x))[c] + shift[c]) * scale[c].
 
     out: float32 [3, h, w], any strides (a channels-last output is passed as its CHW view); crop: uint8 [h, w, 3]
-    C-contiguous, the unflipped window at (y, x) of an S x S image; block: from `parameter_block`.
+    C-contiguous, the unflipped window at (y, x) of an S x S image; shift: float32 [3], the lighting shift;
+    params: a `KernelParams`.
     """
     height, width = crop.shape[0], crop.shape[1]
-    a0, a1, a2 = np.float32(a0), np.float32(a1), np.float32(a2)  # float32 arithmetic on every path
-    size = int(block[0])
-    s0, s1, s2 = block[1], block[2], block[3]
-    planes = block[_HEAD : _HEAD + 6 * size * size].reshape((2, 3, size, size))
+    a0, a1, a2 = np.float32(shift[0]), np.float32(shift[1]), np.float32(shift[2])  # float32 arithmetic on every path
+    s0, s1, s2 = params.scale[0], params.scale[1], params.scale[2]
+    planes = params.mean_planes
+    size = planes.shape[3]
     rows = crop.reshape((height, width * 3))
     flip = mirror != 0
     side = 1 if flip else 0
@@ -213,7 +237,7 @@ def finish_crop(out, crop, y, x, mirror, a0, a1, a2, block):  # pragma: no cover
 
 @intrinsic
 def _pointer(typingctx, address):  # pragma: no cover - compiled
-    """int64 address -> void*, so the kernel can view the parameter block that the loader owns."""
+    """int64 address -> void*, so the kernel can view the parameters' arrays."""
 
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
@@ -225,25 +249,29 @@ _lighting_shift = njit(**_JIT)(lighting_shift)
 
 
 @njit(**_JIT)
-def _block(address):  # pragma: no cover - compiled
-    side = carray(_pointer(address), 1, dtype=np.float32)[0]
-    return carray(_pointer(address), _HEAD + 6 * int(side) * int(side), dtype=np.float32)
+def _params_at(handle):  # pragma: no cover - compiled
+    side = handle[_SIDE]
+    return KernelParams(
+        carray(_pointer(handle[_SCALE]), (3,), dtype=np.float32),
+        carray(_pointer(handle[_LIGHTING]), (3, 3), dtype=np.float32),
+        carray(_pointer(handle[_MEAN_PLANES]), (2, 3, side, side), dtype=np.float32),
+    )
 
 
 @njit(**_JIT)
-def _finish_sample(out_chw, crop, start, mirror, alphas, address):  # pragma: no cover - compiled
-    """One sample as DALI hands it over: the block by address, the lighting shift from the alphas."""
-    block = _block(address[0])
-    shift = _lighting_shift(alphas, block[4:_HEAD].reshape((3, 3)))
-    finish_crop(out_chw, crop, start[0], start[1], mirror[0], shift[0, 0], shift[0, 1], shift[0, 2], block)
+def _finish_sample(out_chw, crop, start, mirror, alphas, handle):  # pragma: no cover - compiled
+    """One sample as DALI hands it over: the parameters by handle, the lighting shift from the alphas."""
+    params = _params_at(handle)
+    shift = _lighting_shift(alphas, params.lighting)[0]
+    finish_crop(out_chw, crop, start[0], start[1], mirror[0], shift, params)
 
 
-def _run_chw(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
-    _finish_sample(out, crop, start, mirror, alphas, address)
+def _run_chw(out, crop, start, mirror, alphas, handle):  # pragma: no cover - compiled by the plugin
+    _finish_sample(out, crop, start, mirror, alphas, handle)
 
 
-def _run_hwc(out, crop, start, mirror, alphas, address):  # pragma: no cover - compiled by the plugin
-    _finish_sample(out.transpose((2, 0, 1)), crop, start, mirror, alphas, address)
+def _run_hwc(out, crop, start, mirror, alphas, handle):  # pragma: no cover - compiled by the plugin
+    _finish_sample(out.transpose((2, 0, 1)), crop, start, mirror, alphas, handle)
 
 
 def _shape_chw(outs, ins):  # pragma: no cover - compiled by the plugin
@@ -257,27 +285,35 @@ def _shape_hwc(outs, ins):  # pragma: no cover - compiled by the plugin
 
 
 _OPERATORS: dict[str, object] = {}
+_IN_USE: dict[int, KernelParams] = {}  # id(pipeline) -> the parameters its kernel reads
 
 
-def finish_in_graph(crops, *, start, mirror=None, alphas=None, block: np.ndarray, layout: str = "CHW"):
+def finish_in_graph(crops, *, start, mirror=None, alphas=None, params: KernelParams, layout: str = "CHW"):
     """The kernel as a node of a CPU graph, over uint8 HWC crops. `start`: int32 [2] node or [y, x]; `mirror`:
-    int32 [1] per sample; `alphas`: float [1, 3]; `block` (`parameter_block`) must outlive the pipeline.
+    int32 [1] per sample; `alphas`: float [1, 3]; `params` must be tied to the pipeline (`tie_params`).
     -> float32 [3, h, w] (or HWC)"""
     from nvidia.dali import types as dali_types
 
     from pipeline.windows import start_node
 
-    address = dali_types.Constant(np.array([block.ctypes.data], np.int64), dtype=dali_types.INT64)
+    handle = dali_types.Constant(params_handle(params), dtype=dali_types.INT64)
     start = start_node(start)
     mirror = dali_types.Constant(np.zeros(1, np.int32)) if mirror is None else mirror
     alphas = dali_types.Constant(np.zeros((1, 3), np.float32)) if alphas is None else alphas
-    return finishing_operator(layout)(crops, start, mirror, alphas, address)
+    return finishing_operator(layout)(crops, start, mirror, alphas, handle)
+
+
+def tie_params(pipe, params: KernelParams) -> None:
+    """Keeps `params` alive exactly as long as `pipe`, whose kernel reads them by address. DALI's Pipeline stops
+    its threads in `__del__`, which Python runs before weak-reference callbacks, so no kernel call outlives them."""
+    _IN_USE[id(pipe)] = params
+    weakref.finalize(pipe, _IN_USE.pop, id(pipe), None)
 
 
 def finishing_operator(layout: str):
     """The DALI CPU operator (crop uint8 [h, w, 3], start int32 [2], mirror int32 [1], lighting alphas float [1, 3],
-    block address int64 [1]) -> float32 [3, h, w] ("CHW") or [h, w, 3] ("HWC"). Compiled once per process and layout
-    (about 2 s) and shared by every pipeline: the block's address is an input, not a constant."""
+    parameters' handle int64 [4]) -> float32 [3, h, w] ("CHW") or [h, w, 3] ("HWC"). Compiled once per process and
+    layout and shared by every pipeline: the parameters come as an input, not as constants compiled in."""
     if layout not in _OPERATORS:
         from nvidia.dali import types as dali_types
         from nvidia.dali.plugin.numba.experimental import NumbaFunction

@@ -4,6 +4,7 @@ without a GPU). The loader-level tests in test_loader_augment.py check the kerne
 
 from __future__ import annotations
 
+import gc
 import tarfile
 
 import numpy as np
@@ -15,9 +16,12 @@ from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a f
 from helpers import quick_build_config
 from pipeline import ImageNetLoader, kernels
 from pipeline.config import LoaderConfig
-from pipeline.finish import Normalization, TorchFinisher, mean_planes, plan_finish
-from pipeline.kernels import finish_crop, parameter_block
+from pipeline.finish import Normalization, TorchFinisher, load_normalization, mean_planes, plan_finish
+from pipeline.graph import build_pipeline
+from pipeline.kernels import finish_crop, kernel_params
 from pipeline.lighting import lighting_basis
+from pipeline.sharding import DistInfo
+from pipeline.sources import find_shards
 from preprocess.build import build_shards
 
 SIZE = 256
@@ -54,12 +58,12 @@ def random_case(rng, count: int, crop: int, channel: bool):
 
 def run_kernel(crops, starts, mirrors, shifts, norm, channels_last: bool) -> np.ndarray:
     """The kernel over a batch, as DALI calls it per sample (channels-last output through its CHW view)."""
-    block = parameter_block(mean_planes(norm, SIZE), 1.0 / norm.std)  # shifts given directly: no lighting basis
+    params = kernel_params(mean_planes(norm, SIZE), 1.0 / norm.std)  # shifts given directly: no lighting basis
     count, h, w, _ = crops.shape
     out = np.full((count, h, w, 3) if channels_last else (count, 3, h, w), np.nan, np.float32)
     for i in range(count):
         view = out[i].transpose(2, 0, 1) if channels_last else out[i]
-        finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], *shifts[i].astype(np.float32), block)
+        finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i].astype(np.float32), params)
     return out.transpose(0, 3, 1, 2) if channels_last else out
 
 
@@ -175,14 +179,14 @@ def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last
     rng = np.random.default_rng(crop + channel)
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
     shifts = (alphas @ lighting_basis(norm.eigval, norm.eigvec)).astype(np.float32)
-    block = parameter_block(mean_planes(norm, SIZE), 1.0 / norm.std)
+    params = kernel_params(mean_planes(norm, SIZE), 1.0 / norm.std)
     layout = kernels.HWC if channels_last else kernels.CHW
     for i in range(len(crops)):
         (streamed, streamed_view), (plain, plain_view) = (output_at(crop, channels_last, m) for m in (0, 4))
         assert kernels._stream_layout(streamed_view) == layout
         assert kernels._stream_layout(plain_view) == kernels.NOT_STREAMED
         for view in (streamed_view, plain_view):
-            finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], *shifts[i], block)
+            finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i], params)
         np.testing.assert_array_equal(streamed, plain)
     expected = reference(crops[-1:], mean_planes(norm, SIZE), starts[-1:], mirrors[-1:], shifts[-1:], 1.0 / norm.std)
     np.testing.assert_allclose(streamed_view, expected[0], atol=1e-3)
@@ -215,3 +219,18 @@ def test_one_plan_says_which_stage_finishes_each_mode(options, stages):
     assert (plan.flip, plan.mean, plan.lighting, plan.scale, plan.cast, plan.graph_dtype) == stages
     assert plan.device == options["device"] and plan.finisher == stages[3]
 
+
+
+def test_the_kernel_parameters_live_exactly_as_long_as_their_pipeline(coded_build):
+    """The CPU kernel reads its parameters by address: they must outlive the pipeline's threads, and no longer."""
+    cfg = LoaderConfig(device="cpu", split="val", batch_size=4, num_threads=1)
+    norm = load_normalization(coded_build.root, cfg, True)
+    pipe = build_pipeline(find_shards(coded_build.root, "val"), cfg, norm, DistInfo())
+    key = id(pipe)
+    assert kernels._IN_USE[key].mean_planes.shape == (2, 3, SIZE, SIZE)
+    pipe.build()
+    images, _ = pipe.run()
+    assert len(images) == 4 and not hasattr(pipe, "finishing_block")
+    del pipe, images
+    gc.collect()
+    assert key not in kernels._IN_USE
