@@ -3,7 +3,7 @@
 Heavy imports (DALI, torch) happen on first use of the loader, not at `import pipeline`.
 """
 
-__all__ = ["ImageNetLoader", "LoaderError", "NoShardsError", "ShardError"]
+__all__ = ["ImageNetLoader", "LoaderConfig", "DistInfo", "LoaderError", "NoShardsError", "ShardError"]
 
 
 def __getattr__(name):
@@ -11,6 +11,14 @@ def __getattr__(name):
         from pipeline.loader import ImageNetLoader
 
         return ImageNetLoader
+    if name == "LoaderConfig":
+        from pipeline.config import LoaderConfig
+
+        return LoaderConfig
+    if name == "DistInfo":
+        from pipeline.sharding import DistInfo
+
+        return DistInfo
     if name in ("LoaderError", "NoShardsError", "ShardError"):
         from pipeline import errors
 

@@ -38,6 +38,9 @@ __all__ = [
     "CLASS_EXT",
     "META_EXT",
     "LABEL_EXT",
+    "FOREIGN_IMAGE_EXTS",
+    "SHARD_SUFFIX",
+    "INDEX_SUFFIX",
     "LABEL_DTYPE",
     "ContractError",
     "ShardInfo",
@@ -67,6 +70,10 @@ META_EXT = "json"
 LABEL_EXT = "lbl"
 # Tar member order inside a sample; sorted, so that shards are reproducible.
 SAMPLE_EXTS = (CLASS_EXT, IMAGE_EXT, META_EXT, LABEL_EXT)
+# Foreign WebDataset shards (not ours) name their images either way, and carry only the ASCII CLASS_EXT label.
+FOREIGN_IMAGE_EXTS = (IMAGE_EXT, "jpeg")
+SHARD_SUFFIX = ".tar"
+INDEX_SUFFIX = ".idx"  # DALI's wds2idx index, next to its shard
 LABEL_DTYPE = np.dtype("<i8")
 
 
@@ -76,14 +83,14 @@ class ContractError(ValueError):
 
 def shard_name(split: str, index: int) -> str:
     """File name of shard `index` of `split`, e.g. ``train-000003.tar``."""
-    return f"{split}-{index:06d}.tar"
+    return f"{split}-{index:06d}{SHARD_SUFFIX}"
 
 
 def index_name(shard: str) -> str:
     """DALI index file that sits next to `shard`."""
-    if not shard.endswith(".tar"):
-        raise ContractError(f"shard name must end with .tar: {shard!r}")
-    return shard[: -len(".tar")] + ".idx"
+    if not shard.endswith(SHARD_SUFFIX):
+        raise ContractError(f"shard name must end with {SHARD_SUFFIX}: {shard!r}")
+    return shard[: -len(SHARD_SUFFIX)] + INDEX_SUFFIX
 
 
 def sample_key(position: int) -> str:

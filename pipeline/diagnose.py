@@ -15,6 +15,7 @@ import re
 import tarfile
 import time
 
+from pipeline.contract import FOREIGN_IMAGE_EXTS
 from pipeline.errors import LoaderError, ShardError
 from pipeline.sources import ShardSet
 
@@ -94,7 +95,7 @@ def _scan(path: str) -> tuple[str | None, str] | None:
         with tarfile.open(path) as tar:
             for member in tar:
                 name = member.name
-                if not name.lower().endswith((".jpg", ".jpeg")):
+                if not name.lower().endswith(tuple(f".{ext}" for ext in FOREIGN_IMAGE_EXTS)):
                     continue
                 key = os.path.basename(name).split(".", 1)[0]
                 try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.config import LoaderConfig
+from pipeline.contract import CLASS_EXT, FOREIGN_IMAGE_EXTS, IMAGE_EXT, LABEL_EXT
 from pipeline.finish import (
     KERNEL,
     TORCH,
@@ -58,7 +59,7 @@ def read_samples(shards: ShardSet, cfg: LoaderConfig, dist: DistInfo):
     return fn.readers.webdataset(
         paths=list(shards.paths),
         index_paths=list(shards.index_paths) if shards.index_paths else None,
-        ext=["jpg", "lbl"] if ours else ["jpg;jpeg", "cls"],
+        ext=[IMAGE_EXT, LABEL_EXT] if ours else [";".join(FOREIGN_IMAGE_EXTS), CLASS_EXT],
         dtypes=[types.UINT8, types.INT64 if ours else types.UINT8],
         missing_component_behavior="error",  # never DALI's default: empty tensors for missing members
         num_shards=dist.world_size,

@@ -21,13 +21,26 @@ __all__ = ["DistInfo", "dist_from_env", "EpochPlan", "plan_epoch"]
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a distributed job: the one description that the loader and a trainer share."""
+
     rank: int = 0  # GLOBAL rank: shard assignment and seeds must never use the local rank
     world_size: int = 1
     local_rank: int = 0  # only picks the GPU
+    local_world_size: int = 1  # processes on this machine (they share its cores)
+    device: str = "cpu"  # the torch device a trainer computes on ("cuda:<local_rank>"); the loader has its own option
 
     def __post_init__(self):
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and logs."""
+        return self.rank == 0
 
 
 def dist_from_env(rank: int | None = None, world_size: int | None = None, local_rank: int | None = None) -> DistInfo:
