@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 __all__ = ["LoaderConfig", "DTYPES", "dali_dtype", "torch_dtype", "CROP_MODES", "NORMALIZATIONS", "FORMATS", "DEVICES"]
 
@@ -12,7 +14,7 @@ DTYPES = {"float32": ("float32", "float32"), "float16": ("float16", "float16"), 
 CROP_MODES = ("translate", "random_resized")
 NORMALIZATIONS = ("mean_image", "channel")
 FORMATS = ("auto", "contract", "wds")
-DEVICES = ("cpu", "gpu")  # ImageNetLoader turns device="auto" into "gpu" when CUDA is available, else "cpu"
+DEVICES = ("auto", "cpu", "gpu")  # "auto": the GPU when CUDA is available (`LoaderConfig.resolved`)
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class LoaderConfig:
 
     split: str = "train"
     batch_size: int = 128
-    device: str = "gpu"  # "gpu" or "cpu" ("auto" is resolved by ImageNetLoader)
+    device: str = "auto"  # "gpu", "cpu", or "auto": the GPU when CUDA is available
     crop_size: int = 224
     num_threads: int = 4
     seed: int = 0
@@ -33,6 +35,8 @@ class LoaderConfig:
     crop: str = "translate"  # paper, section 4.1: random crop_size patches of the 256x256 image
     ten_crop: bool = False  # val only: 4 corners + center and their mirrors -> [B, 10, 3, crop, crop]
     lighting_std: float = 0.1  # paper, section 4.1: alpha ~ N(0, 0.1); 0 disables
+    eigval: tuple[float, float, float] | None = None  # PCA lighting's eigen data, pixels in [0, 1] (default: stats.json)
+    eigvec: tuple[tuple[float, ...], ...] | None = None  # 3x3, eigenvectors as columns (rows R, G, B)
     drop_last: bool | None = None  # None: True for train, False for val
     format: str = "auto"  # "contract" (our build), "wds" (foreign jpg/jpeg + cls shards), "auto" detects
     shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (train)
@@ -41,6 +45,9 @@ class LoaderConfig:
     malloc_tuning: bool = True  # CPU: keep batch memory mapped between batches (process-wide; pipeline/allocator.py)
 
     def __post_init__(self):
+        for name, shape in (("mean", (3,)), ("std", (3,)), ("eigval", (3,)), ("eigvec", (3, 3))):
+            object.__setattr__(self, name, _floats(getattr(self, name), name, shape))  # plain tuples of floats
+
         def check(ok: bool, what: str) -> None:
             if not ok:
                 raise ValueError(f"ImageNetLoader: {what}")
@@ -57,9 +64,15 @@ class LoaderConfig:
         check(self.lighting_std >= 0, f"lighting_std must be >= 0, got {self.lighting_std}")
         check(not (self.ten_crop and self.split == "train"), "ten_crop is a val-time mode (split='val')")
         check(self.shuffle_buffer >= 1 and self.prefetch >= 1, "shuffle_buffer and prefetch must be >= 1")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            check(value is None or len(value) == 3, f"{name} must have 3 values (R, G, B in [0, 1]), got {value!r}")
+        check((self.eigval is None) == (self.eigvec is None), "eigval and eigvec go together: pass both or neither")
+
+    def resolved(self) -> LoaderConfig:
+        """This config with device="auto" replaced by "gpu" where CUDA is available, else "cpu"."""
+        if self.device != "auto":
+            return self
+        import torch
+
+        return replace(self, device="gpu" if torch.cuda.is_available() else "cpu")
 
     @property
     def training(self) -> bool:
@@ -68,6 +81,18 @@ class LoaderConfig:
     @property
     def drops_last(self) -> bool:
         return self.training if self.drop_last is None else self.drop_last
+
+
+def _floats(value, name: str, shape: tuple[int, ...]):
+    """None, or `value` as nested tuples of floats of `shape` (R, G, B in [0, 1] units)."""
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != shape and array.size == int(np.prod(shape)) and len(shape) > 1:
+        array = array.reshape(shape)
+    if array.shape != shape:
+        raise ValueError(f"ImageNetLoader: {name} must have shape {shape} (R, G, B in [0, 1] units), got {value!r}")
+    return tuple(array.tolist()) if len(shape) == 1 else tuple(tuple(row) for row in array.tolist())
 
 
 def dali_dtype(name: str) -> str:

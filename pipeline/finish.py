@@ -95,8 +95,8 @@ def _vector(values, name: str) -> np.ndarray:
     return array
 
 
-def load_normalization(root: str, cfg: LoaderConfig, has_stats: bool, eigval=None, eigvec=None) -> Normalization:
-    """Reads stats.json / mean_image.npy when the root has them; the caller's mean/std/eigen values win.
+def load_normalization(root: str, cfg: LoaderConfig, has_stats: bool) -> Normalization:
+    """Reads stats.json / mean_image.npy when the root has them; the config's mean/std/eigen values win.
 
     Raises:
         ContractError: stats.json or mean_image.npy is missing or malformed (the message names the file).
@@ -115,6 +115,7 @@ def load_normalization(root: str, cfg: LoaderConfig, has_stats: bool, eigval=Non
             raise ValueError(f"{root} has no stats.json: pass mean=(r, g, b) and std=(r, g, b) in [0, 1] units")
         mean = _vector(cfg.mean if cfg.mean is not None else stats.mean, "mean") * 255.0
         std = _vector(cfg.std if cfg.std is not None else stats.std, "std") * 255.0
+    eigval, eigvec = cfg.eigval, cfg.eigvec
     if eigval is None and stats is not None:
         eigval, eigvec = stats.eigval, stats.eigvec
     if cfg.training and cfg.lighting_std > 0 and eigval is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ __all__ = ["ImageNetLoader"]
 
 log = logging.getLogger(__name__)
 _STATE_VERSION = 1
+_D = LoaderConfig  # the options' defaults, as the signature shows them
 
 
 class ImageNetLoader:
@@ -42,29 +43,45 @@ class ImageNetLoader:
         ValueError: a bad option, or foreign shards without the mean/std the options need.
     """
 
-    def __init__(self, root: str, *, rank: int | None = None, world_size: int | None = None,
-                 local_rank: int | None = None, eigval=None, eigvec=None, **options):  # fmt: skip
-        unknown = set(options) - {f.name for f in fields(LoaderConfig)}
-        if unknown:
-            raise TypeError(f"ImageNetLoader: unknown options {sorted(unknown)}")
-        for name in ("mean", "std"):
-            if options.get(name) is not None:
-                options[name] = tuple(float(v) for v in options[name])
-        if options.get("device", "auto") == "auto":
-            options["device"] = "gpu" if torch.cuda.is_available() else "cpu"
+    def __init__(
+        self, root: str, *, split: str = _D.split, batch_size: int = _D.batch_size, device: str = _D.device,
+        crop_size: int = _D.crop_size, num_threads: int = _D.num_threads, seed: int = _D.seed, dtype: str = _D.dtype,
+        channels_last: bool = _D.channels_last, normalization: str = _D.normalization,
+        mean: tuple[float, float, float] | None = _D.mean, std: tuple[float, float, float] | None = _D.std,
+        crop: str = _D.crop, ten_crop: bool = _D.ten_crop, lighting_std: float = _D.lighting_std,
+        eigval: tuple[float, float, float] | None = _D.eigval, eigvec: tuple[tuple[float, ...], ...] | None = _D.eigvec,
+        drop_last: bool | None = _D.drop_last, format: str = _D.format, shuffle_buffer: int = _D.shuffle_buffer,
+        prefetch: int = _D.prefetch, cache_dir: str | None = _D.cache_dir, malloc_tuning: bool = _D.malloc_tuning,
+        rank: int | None = None, world_size: int | None = None, local_rank: int | None = None, dist: DistInfo | None = None,
+    ):  # fmt: skip
+        """Every option is a `LoaderConfig` field (same default; pipeline/README.md says what each does). `dist`, or
+        `rank`/`world_size`/`local_rank`, place this loader in the job: torchrun's environment when none is given."""
+        config = LoaderConfig(
+            split=split, batch_size=batch_size, device=device, crop_size=crop_size, num_threads=num_threads, seed=seed,
+            dtype=dtype, channels_last=channels_last, normalization=normalization, mean=mean, std=std, crop=crop,
+            ten_crop=ten_crop, lighting_std=lighting_std, eigval=eigval, eigvec=eigvec, drop_last=drop_last,
+            format=format, shuffle_buffer=shuffle_buffer, prefetch=prefetch, cache_dir=cache_dir,
+            malloc_tuning=malloc_tuning,
+        )  # fmt: skip
+        if dist is not None and (rank, world_size, local_rank) != (None, None, None):
+            raise ValueError("ImageNetLoader: pass either dist or rank/world_size/local_rank, not both")
         self.root = str(root)
-        self.config = LoaderConfig(**options)
-        self.dist: DistInfo = dist_from_env(rank, world_size, local_rank)
+        self.config = config.resolved()
+        self.dist: DistInfo = dist if dist is not None else dist_from_env(rank, world_size, local_rank)
+        self._open()
+
+    def _open(self) -> None:
+        """Finds the shards and the statistics, applies the plan of who finishes a crop, and builds the pipeline."""
         cfg = self.config
         self.shards = find_shards(self.root, cfg.split, cfg.format, cfg.cache_dir)
         self._check_sizes()
         if cfg.crop_size > self.shards.image_size:
             raise ValueError(f"ImageNetLoader: crop_size {cfg.crop_size} is larger than the shards' "
                              f"{self.shards.image_size}x{self.shards.image_size} images")  # fmt: skip
-        self.norm = load_normalization(self.root, cfg, self.shards.format == "contract", eigval, eigvec)
+        self.norm = load_normalization(self.root, cfg, self.shards.format == "contract")
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "gpu" else "cpu")
         if cfg.device == "cpu" and cfg.malloc_tuning:
-            keep_batch_memory_mapped()  # before DALI's threads allocate: else 1 process in 3 runs 10-15% slower
+            keep_batch_memory_mapped()  # before DALI's threads allocate (see pipeline.allocator)
         self.finish_plan = plan_finish(cfg)  # which stage finishes a crop; the graph follows the same plan
         self._after_graph = AfterGraph(self.finish_plan, self.norm, cfg, self.device, self.shards.image_size)
         self.epoch, self._batch, self._reader_batch = 0, 0, 0
@@ -76,7 +93,8 @@ class ImageNetLoader:
             log.warning("%r yields no batch per epoch (%d samples on this rank)", self, self.plan.rank_samples)
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in asdict(self.config).items() if v != getattr(LoaderConfig, k, None)}
+        """The root, the rank, and every option that differs from its default (eigval/eigvec when given)."""
+        changed = {k: v for k, v in asdict(self.config).items() if v != getattr(LoaderConfig, k)}
         opts = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"ImageNetLoader({self.root!r}, rank={self.dist.rank}, world_size={self.dist.world_size}, {opts})"
 
