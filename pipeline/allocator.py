@@ -1,20 +1,19 @@
 """Keeps glibc's malloc from giving the CPU loader's batch memory back to the OS between batches.
 
-Why: a CPU loader allocates about 100 MB per batch of 128 (uint8 crops, float32 outputs, DALI's per-sample buffers)
-on DALI's threads and frees it a batch or two later. With glibc's defaults, blocks above a threshold that glibc moves
-at run time are mmap'ed and unmapped on free, and a thread arena's extra 64 MB heap is deleted as soon as it is empty.
-Whether a process crosses those lines every batch depends on which arenas its threads happen to land in, so about one
-process in three ran with 15-20 page faults per image (each a fresh, zeroed 4 KB page) and 10-15% slower, for the
-whole run (4 processes of 10). With the two settings below, 29 processes of 29 ran at 0 faults per image after
-their first batches, with the same resident memory (~0.9 GB; 2-core machine, bench/loader_bench.py and standalone
-loops; README.md, Performance).
+Why: a CPU loader allocates large blocks every batch (uint8 crops, float32 outputs, DALI's per-sample buffers) on
+DALI's threads and frees them a batch or two later. With glibc's defaults, blocks above a threshold that glibc moves
+at run time are mmap'ed and unmapped on free, and a thread arena's extra heap is deleted as soon as it is empty.
+Whether a process crosses those lines every batch depends on which arenas its threads happen to land in, so some
+processes map, fault in and zero fresh pages for every batch, and run slower for their whole life, while others
+never do. With the two settings below every process keeps its batch memory mapped after its first batches, with
+the same resident memory (bench/loader_bench.py prints page faults per image).
 
-The settings are process-wide, as malloc is: blocks up to 32 MB (glibc's largest allowed threshold on 64-bit) come
-from the heaps, and a heap is trimmed or deleted only when more than 64 MB beyond its top is free. A process keeps
-that much more of its freed memory mapped; nothing else changes. Both are needed: the fixed threshold alone made
-every process fault (~35 per image: glibc then also stops raising its trim threshold), the pad alone left 3 of 4
-processes slow. They are not applied where the user already tunes
-malloc through the environment, or where the C library is not glibc.
+The settings are process-wide, as malloc is: blocks up to MMAP_THRESHOLD (glibc's largest allowed threshold on
+64-bit) come from the heaps, and a heap is trimmed or deleted only when more than TOP_PAD beyond its top is free.
+A process keeps that much more of its freed memory mapped; nothing else changes. Both are needed: a fixed threshold
+alone makes glibc stop raising its trim threshold, so every process faults; the pad alone leaves the large blocks
+to mmap. They are not applied where the user already tunes malloc through the environment, or where the C library
+is not glibc.
 """
 
 from __future__ import annotations

@@ -1,26 +1,22 @@
 """The CPU kernel that turns a uint8 crop into the network's input in one pass, as a DALI operator (numba).
 
-Why a kernel of our own: on the CPU, DALI's `crop_mirror_normalize` (flip + HWC->CHW + cast) cost 100-140 us per
-224x224 crop and the mean-image window another 40-90 us, while decoding the crop costs about 230 us: the
-augmentations cost more than the decode. This pass reads each uint8 pixel once, subtracts the mean image at the
-crop's window, adds the lighting shift (basis @ alpha), scales, flips and transposes, and writes float32: about
-20-30 us per crop on one core with streaming stores (below; 58 us without). It runs inside the graph through
-DALI's numba plugin, so DALI's worker threads run it per sample right after the decode, while the crop is still in
-cache, and no third thread competes for the cores (measured: about 8% more images/s than the same kernel run on the
-batch after the graph).
+Why a kernel of our own: on the CPU, DALI's `crop_mirror_normalize` (flip + HWC->CHW + cast) plus a separate pass
+for the mean image's window cost more than decoding the crop. This pass reads each uint8 pixel once, subtracts the
+mean image at the crop's window, adds the lighting shift (`pipeline.lighting`), scales, flips and transposes, and
+writes float32. It runs inside the graph through DALI's numba plugin, so DALI's worker threads run it per sample
+right after the decode, while the crop is still in cache, and no third thread competes for the cores.
 
 Flips without a flipped read of the mean: output column j of a mirrored crop is source column w-1-j, whose mean
 value sits at column S-w-x+j of the mirrored mean image, so the mean row and the output row are both walked
 forwards and only the uint8 source is read backwards. Backward indices are unsigned: numba adds a negative-index
-wraparound test to signed computed indices, which keeps LLVM from vectorizing the loop (3x slower).
+wraparound test to signed computed indices, which keeps LLVM from vectorizing the loop.
 No fastmath: the CHW and channels-last layouts must round alike.
 
-Non-temporal stores: the kernel writes 602 KB per 224x224 crop into memory that no cache holds (a batch is 77 MB),
-and ordinary stores first read each line they write. Where the output rows are 64-byte aligned and 16 pixels divide
-the width (crops 224, 128, ...; CHW or channels-last), 16 pixels per channel are computed as one vector and streamed
-to memory (`_streaming_step`, LLVM IR: numba's loop vectorizer cannot emit streaming stores): 18-23 us per crop into
-cold memory against 71-78 us, with bit-identical results (same operations, same order). Other outputs take the plain
-loop.
+Non-temporal stores: a batch of float32 crops is larger than any cache, and an ordinary store first reads the line
+it writes. Where the output rows are 64-byte aligned and 16 pixels divide the width (crops 224, 128, ...; CHW or
+channels-last), 16 pixels per channel are computed as one vector and streamed to memory (`_streaming_step`, LLVM
+IR: numba's loop vectorizer cannot emit streaming stores), with bit-identical results (same operations, same
+order). Other outputs take the plain loop.
 """
 
 from __future__ import annotations

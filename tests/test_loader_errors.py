@@ -1,4 +1,5 @@
-"""Bad inputs stop the loader with an error that names the file (RELIABILITY.md R1, R2, R6 and the contract)."""
+"""Bad inputs stop the loader with an error that names the file: a missing or malformed manifest, stats or mean
+image, a missing or truncated shard, a corrupt JPEG or a missing member, and options the shards cannot serve."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def member_offset(shard: str, member: str) -> tuple[int, int]:
         return info.offset_data, info.size
 
 
-def test_r6_corrupt_jpeg_injected_into_a_shard_names_shard_and_key(copy_of):
+def test_corrupt_jpeg_injected_into_a_shard_names_shard_and_key(copy_of):
     shard = str(copy_of / "train" / "train-000002.tar")  # samples 14..20
     offset, size = member_offset(shard, "00000017.jpg")
     with open(shard, "r+b") as f:  # same size: the manifest's byte count still matches
@@ -46,7 +47,7 @@ def test_r6_corrupt_jpeg_injected_into_a_shard_names_shard_and_key(copy_of):
     assert "train-000002.tar" in str(caught.value) and "00000017" in str(caught.value)
 
 
-def test_r2_a_sample_without_its_label_member_is_an_error(tmp_path):
+def test_a_sample_without_its_label_member_is_an_error(tmp_path):
     def drop_label(index, members):
         return {k: v for k, v in members.items() if not (index == 9 and k == "lbl")}
 
@@ -57,14 +58,14 @@ def test_r2_a_sample_without_its_label_member_is_an_error(tmp_path):
     assert "train-000001" in str(caught.value)
 
 
-def test_r1_truncated_shard_of_a_build_is_named_before_reading(copy_of):
+def test_truncated_shard_of_a_build_is_named_before_reading(copy_of):
     shard = copy_of / "train" / "train-000003.tar"
     os.truncate(shard, os.path.getsize(shard) // 2)
     with pytest.raises(ShardError, match="train-000003.tar.*truncated"):
         consume(copy_of, split="train")
 
 
-def test_r1_truncated_foreign_shard_is_named_by_the_reader(tmp_path):
+def test_truncated_foreign_shard_is_named_by_the_reader(tmp_path):
     for i in range(2):
         write_shard(
             str(tmp_path / "train" / f"part-{i}.tar"), [(f"{i}{k:03d}", sample_members(k, k)) for k in range(6)], False
