@@ -14,7 +14,7 @@ from host_sync import HostSyncRecorder
 from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a fixture
 
 from helpers import quick_build_config
-from pipeline import ImageNetLoader, kernels
+from pipeline import ImageNetLoader, kernels, streaming
 from pipeline.config import LoaderConfig
 from pipeline.finish import Normalization, TorchFinisher, load_normalization, mean_planes, plan_finish
 from pipeline.graph import build_pipeline
@@ -180,11 +180,11 @@ def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last
     crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
     shifts = (alphas @ lighting_basis(norm.eigval, norm.eigvec)).astype(np.float32)
     params = kernel_params(mean_planes(norm, SIZE), 1.0 / norm.std)
-    layout = kernels.HWC if channels_last else kernels.CHW
+    layout = streaming.HWC if channels_last else streaming.CHW
     for i in range(len(crops)):
         (streamed, streamed_view), (plain, plain_view) = (output_at(crop, channels_last, m) for m in (0, 4))
-        assert kernels._stream_layout(streamed_view) == layout
-        assert kernels._stream_layout(plain_view) == kernels.NOT_STREAMED
+        assert streaming.stream_layout(streamed_view) == layout
+        assert streaming.stream_layout(plain_view) == streaming.NOT_STREAMED
         for view in (streamed_view, plain_view):
             finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i], params)
         np.testing.assert_array_equal(streamed, plain)
@@ -193,9 +193,9 @@ def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last
 
 
 def test_streaming_needs_a_width_that_16_divides_and_a_dense_layout():
-    assert kernels._stream_layout(float32_at((3, 227, 227), 0)) == kernels.NOT_STREAMED
-    assert kernels._stream_layout(float32_at((227, 227, 3), 0).transpose(2, 0, 1)) == kernels.NOT_STREAMED
-    assert kernels._stream_layout(float32_at((3, 224, 256), 0)[:, :, :224]) == kernels.NOT_STREAMED  # row gaps
+    assert streaming.stream_layout(float32_at((3, 227, 227), 0)) == streaming.NOT_STREAMED
+    assert streaming.stream_layout(float32_at((227, 227, 3), 0).transpose(2, 0, 1)) == streaming.NOT_STREAMED
+    assert streaming.stream_layout(float32_at((3, 224, 256), 0)[:, :, :224]) == streaming.NOT_STREAMED  # row gaps
 
 
 # (options, (flip, mean, lighting, scale, cast, graph dtype)): who does each step, per mode and device
