@@ -137,7 +137,8 @@ def _download(fs, item: CachedFile, progress: _Progress) -> None:
             return None
 
         def relative_update(self, inc: int = 1) -> None:
-            progress(inc)
+            if item.size is not None:  # the bar's total counts the files of known size only
+                progress(inc)
 
     try:
         fs.get_file(item.remote, partial, callback=Bytes())
