@@ -94,37 +94,37 @@ def test_every_sample_is_read_by_exactly_one_rank_per_epoch(coded_build, tmp_pat
     assert sorted(y for s in seen for y in s["val"]) == sorted(coded_build.labels["val"])
 
 
-def test_resume_on_two_nodes_sharing_the_run_dir(two, shards, tmp_path):
-    out = tmp_path / "run"
+@pytest.mark.parametrize("hidden", ["run-dir", "checkpoint"])
+def test_what_one_node_cannot_see_fails_at_once_on_every_rank(two, shards, tmp_path, hidden):
+    """Node 1 runs in a private mount namespace where, over the shared run dir, it sees either an empty directory
+    of its own (a node-local disk), or, for the checkpoint to resume from, other bytes (a stale network-FS cache)."""
+    out, other = tmp_path / "run", tmp_path / "node1-view"
     shutil.copytree(two[0], out)
-    nodes = two_nodes(_args(shards, out, "--epochs", "3"), str(tmp_path))
-    assert [n.proc.returncode for n in nodes] == [0, 0], nodes[0].output[-3000:] + nodes[1].output[-3000:]
-    resumed = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if r.get("event") == "resumed"]
-    assert len(resumed) == 1 and resumed[0]["checkpoint"].endswith("checkpoint-00000006.pth")
-    assert [r["epoch"] for r in _rows(out, "epoch")] == [0, 1, 2]
-
-
-def test_a_run_dir_one_node_cannot_see_fails_at_once_on_every_rank(two, shards, tmp_path):
-    """Node 1 in a private mount namespace where the run dir is an empty directory of its own."""
-    out, empty = tmp_path / "run", tmp_path / "node1-disk"
-    shutil.copytree(two[0], out)
-    empty.mkdir()
+    if hidden == "run-dir":
+        other.mkdir()
+        target, expected = out, "ranks see different contents of the run directory"
+    else:
+        shutil.copy(out / "checkpoint-00000004.pth", other)
+        target, expected = out / "checkpoint-00000006.pth", "ranks see different contents of the checkpoint"
     before = (out / "metrics.jsonl").read_bytes()
-    wrap = ["unshare", "-m", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(empty), str(out)]
+    wrap = ["unshare", "-m", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(other), str(target)]
     start = time.monotonic()
     nodes = two_nodes(_args(shards, out, "--epochs", "3"), str(tmp_path), wrap1=wrap)
     assert time.monotonic() - start < 120
     assert [n.proc.returncode != 0 for n in nodes] == [True, True]
     for node in nodes:  # every rank fails with the same message, none with FileNotFoundError or a gloo error
-        assert node.output.count("RunDirNotShared: ranks see different contents of the run directory") == 2
-        assert "must be on storage all nodes share" in node.output, node.output[-3000:]
+        assert node.output.count(f"RunDirNotShared: {expected}") == 2, node.output[-3000:]
+        assert "must be on storage all nodes share" in node.output
         assert "FileNotFoundError:" not in node.output and "Connection closed by peer" not in node.output
     assert (out / "metrics.jsonl").read_bytes() == before  # nothing resumed, nothing trained
     assert not list(out.glob(".shared-check-*"))
 
 
 def test_a_node_killed_mid_epoch_and_started_again_resumes_on_every_rank(two, shards, tmp_path):
-    """--max-restarts=1; node 1 (launcher and ranks) is killed after step 5 (mid-epoch 2; last checkpoint: step 4)."""
+    """--max-restarts=1; node 1 (launcher and ranks) is killed after step 5 (mid-epoch 2; last checkpoint: step 4).
+
+    Also the shared run directory's resume: every rank of both nodes checks and loads the same checkpoint.
+    """
     out, hung = tmp_path / "run", tmp_path / "hung"
     hung.mkdir()
     args, extra, env = _args(shards, out), ["--max-restarts=1"], {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
