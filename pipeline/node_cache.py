@@ -171,9 +171,8 @@ def _sha256(path: str) -> str:
 
 
 def _write_atomically(path: str, text: str) -> None:
+    """No fsync: a marker lost in a power cut only costs a download again (the data itself was synced)."""
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     with open(tmp, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
