@@ -52,7 +52,7 @@ def is_complete(item: CachedFile) -> bool:
         size = os.path.getsize(item.local)
     except OSError:
         return False
-    if len(recorded) != 2 or recorded[0] != (item.sha256 or "unverified"):
+    if len(recorded) != 2 or recorded[0] != (item.sha256 or "unverified") or not recorded[1].isdigit():
         return False
     return int(recorded[1]) == size and (item.size is None or item.size == size)
 
@@ -72,9 +72,9 @@ def fetch(fs, items: Sequence[CachedFile], *, what: str, progress: bool, threads
     counter = _Progress(bar)
     with bar, ThreadPoolExecutor(max_workers=max(1, min(threads, len(missing)))) as pool:
         # First pass: files no other process holds; second pass: wait for (or take over) the rest.
-        busy = [item for item, done in zip(missing, pool.map(lambda i: _fetch_one(fs, i, counter, wait=False), missing),
-                                           strict=True) if not done]
-        list(pool.map(lambda i: _fetch_one(fs, i, counter, wait=True), busy))
+        taken = list(pool.map(lambda item: _fetch_one(fs, item, counter, wait=False), missing))
+        busy = [item for item, done in zip(missing, taken, strict=True) if not done]
+        list(pool.map(lambda item: _fetch_one(fs, item, counter, wait=True), busy))
 
 
 class _Progress:
