@@ -63,6 +63,7 @@ def test_four_ranks_of_a_node_download_each_shard_once(s3, tmp_path):
     outs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
     assert all("first batch (2, 3, 64, 64)" in out for out, _ in outs)
+    assert not [err for _, err in outs[1:] if "fetching split 'train'" in err]  # the bar: local rank 0's only
     objects = _shard_objects("train")
     assert len(objects) == 6  # three shards and their indexes
     assert {path: counter.gets[path] for path in objects} == {path: 1 for path in objects}

@@ -136,7 +136,8 @@ def test_a_node_killed_mid_epoch_and_started_again_resumes_on_every_rank(two, sh
             assert time.monotonic() < deadline and node0.proc.poll() is None, node0.output[-3000:]
             time.sleep(0.1)
         node1.kill()
-        again = Node(args, port=node0.port, node_rank=1, log=str(tmp_path / "node1-again.log"), extra=extra, env=env)
+        again = Node(args, port=node0.port, node_rank=1, log=str(tmp_path / "node1-again.log"), extra=extra, env=env,
+                     wrap=node0.same_network)
         assert [again.wait(), node0.wait()] == [0, 0], node0.output[-3000:] + again.output[-3000:]
     finally:
         for node in (node0, node1):

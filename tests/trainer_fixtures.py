@@ -112,6 +112,11 @@ class Node:
         self.proc.wait()
 
     @property
+    def same_network(self) -> list[str]:
+        """A command prefix that runs in this node's network namespace."""
+        return ["nsenter", f"--net=/proc/{self.proc.pid}/ns/net"]
+
+    @property
     def output(self) -> str:
         return open(self.log).read()
 
@@ -130,24 +135,33 @@ def _children(pid: int) -> list[int]:
 
 
 def wait_listening(port: int, node: Node, timeout=60) -> None:
-    """Until node 0 hosts the rendezvous store, so that it (not node 1) keeps it when node 1 is killed."""
+    """Until node 0 hosts the rendezvous store, so that it (not node 1) keeps it when node 1 is killed.
+
+    Read from node 0's own view of its network namespace (the test process is outside it).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert node.proc.poll() is None, node.output[-3000:]
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+        for table in ("tcp", "tcp6"):
+            rows = [line.split() for line in open(f"/proc/{node.proc.pid}/net/{table}").read().splitlines()[1:]]
+            if any(int(row[1].rsplit(":", 1)[1], 16) == port and row[3] == "0A" for row in rows):  # 0A: LISTEN
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def two_nodes(args, logs, *, extra=(), env=None, env1=None, wrap1=(), script="trainer/main.py", wait=True):
-    """Node 0, then node 1 (with `env1` and command prefix `wrap1`); returns both nodes, finished when `wait`."""
+    """Node 0, then node 1 (with `env1` and command prefix `wrap1`); returns both nodes, finished when `wait`.
+
+    Both run in a network namespace of their own that has only a loopback interface: torch's stores listen on
+    every interface, and nothing a test starts may be reachable from outside.
+    """
     port = free_port()
-    node0 = Node(args, port=port, node_rank=0, log=os.path.join(logs, "node0.log"), extra=extra, env=env, script=script)
+    node0 = Node(args, port=port, node_rank=0, log=os.path.join(logs, "node0.log"), extra=extra, env=env,
+                 script=script, wrap=["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"])
     wait_listening(port, node0)
     node1 = Node(args, port=port, node_rank=1, log=os.path.join(logs, "node1.log"), extra=extra,
-                 env={**(env or {}), **(env1 or {})}, wrap=wrap1, script=script)
+                 env={**(env or {}), **(env1 or {})}, wrap=[*node0.same_network, *wrap1], script=script)
     node0.port = node1.port = port
     if wait:
         for node in (node0, node1):
