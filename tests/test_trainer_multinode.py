@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
-from trainer_fixtures import TINY, Node, check, torchrun, two_nodes
+from trainer_fixtures import TINY, TORCHRUN, Node, check, run, two_nodes
 
 from trainer.metrics import read_metrics
 
@@ -34,7 +34,8 @@ def shards(tiny_build):
 @pytest.fixture(scope="module")
 def one_node(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("one-node")
-    check(torchrun(_args(shards, out), nproc=4))
+    loopback_only = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    check(run([*loopback_only, TORCHRUN, "--standalone", "--nproc_per_node=4", "trainer/main.py", *_args(shards, out)]))
     return out
 
 
