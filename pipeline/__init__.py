@@ -3,7 +3,7 @@
 Heavy imports (DALI, torch) happen on first use of the loader, not at `import pipeline`.
 """
 
-__all__ = ["ImageNetLoader", "LoaderConfig", "DistInfo", "LoaderError", "NoShardsError", "ShardError"]
+__all__ = ["ImageNetLoader", "LoaderConfig", "DistInfo", "LoaderError", "NoShardsError", "ShardError", "CacheSpaceError"]
 
 
 def __getattr__(name):
@@ -19,7 +19,7 @@ def __getattr__(name):
         from pipeline.sharding import DistInfo
 
         return DistInfo
-    if name in ("LoaderError", "NoShardsError", "ShardError"):
+    if name in ("LoaderError", "NoShardsError", "ShardError", "CacheSpaceError"):
         from pipeline import errors
 
         return getattr(errors, name)

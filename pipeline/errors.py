@@ -6,7 +6,7 @@ mean_image.npy; the classes here cover what goes wrong while finding and reading
 
 from __future__ import annotations
 
-__all__ = ["LoaderError", "NoShardsError", "ShardError"]
+__all__ = ["LoaderError", "NoShardsError", "ShardError", "CacheSpaceError"]
 
 
 class LoaderError(RuntimeError):
@@ -27,3 +27,13 @@ class ShardError(LoaderError):
         super().__init__(message)
         self.shard = shard
         self.key = key
+
+
+class CacheSpaceError(LoaderError):
+    """The local cache's disk has less free space than the remote split still needs; nothing was downloaded."""
+
+    def __init__(self, message: str, need: int, free: int, cache: str):
+        super().__init__(message)
+        self.need = need
+        self.free = free
+        self.cache = cache

@@ -73,7 +73,8 @@ class ImageNetLoader:
     def _open(self) -> None:
         """Finds the shards and the statistics, applies the plan of who finishes a crop, and builds the pipeline."""
         cfg = self.config
-        self.shards = find_shards(self.root, cfg.split, cfg.format, cfg.cache_dir)
+        # Remote shards: one download per node into the shared cache, with a progress bar on its first local rank.
+        self.shards = find_shards(self.root, cfg.split, cfg.format, cfg.cache_dir, progress=self.dist.local_rank == 0)
         self._check_sizes()
         if cfg.crop_size > self.shards.image_size:
             raise ValueError(f"ImageNetLoader: crop_size {cfg.crop_size} is larger than the shards' "

@@ -1,9 +1,10 @@
 """Finds the shards of a split and makes them readable by DALI, whose reader only opens local files.
 
 Local roots (a path or a ``file://`` URL) are read in place. Remote fsspec roots (``s3://``, ``gs://``,
-``memory://``...) are CACHED, not streamed: each shard and its index are downloaded once into
+``memory://``...) are CACHED, not streamed: each shard and its index are downloaded once per machine into
 ``cache_dir/<sha256 of the root URL>/<split>/`` and, for our builds, checked against the sha256 in
-manifest.json before use (a marker file records the verified hash, so later runs do not re-hash).
+manifest.json before use (a marker file records the verified hash, so later runs do not re-hash). The ranks
+of a machine share that cache and its downloads (`pipeline.node_cache`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import fsspec
 
 from pipeline.contract import MANIFEST_NAME, Manifest, index_name, load_manifest
 from pipeline.errors import NoShardsError, ShardError
+from pipeline.node_cache import CachedFile, fetch
 from pipeline.windows import IMAGE_SIZE
 
 __all__ = ["ShardSet", "find_shards", "default_cache_dir"]
@@ -53,13 +55,18 @@ def _is_local(fs) -> bool:
     return "file" in protocols or "local" in protocols
 
 
-def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None = None) -> ShardSet:
+def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None = None, *,
+                progress: bool = False) -> ShardSet:
     """The shards of `split` under `root`, local and ready for DALI.
+
+    A remote root's shards are downloaded into the node's cache first (see `pipeline.node_cache`); `progress`
+    shows a bar while they are (on one process per node: the ranks share the downloads).
 
     Raises:
         ContractError: manifest.json is malformed.
         NoShardsError: the split has no shards (the message names where it looked).
         ShardError: a shard or index named by the manifest is missing, or a download fails its sha256 check.
+        CacheSpaceError: the cache's disk has less free space than the split still needs.
     """
     fs, base = fsspec.core.url_to_fs(root)
     if fmt == "auto":
@@ -74,10 +81,10 @@ def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None 
         hashes = [s.sha256 for s in info.shards]
     else:
         manifest, hashes = None, None
-        names = _list_foreign(fs, base, split)
-        if not names:
+        found = _list_foreign(fs, base, split)
+        if not found:
             raise NoShardsError(f"{root}: no .tar shards for split {split!r} (looked for {split}/*.tar and *{split}*.tar)")
-        sizes = tuple(None for _ in names)
+        names, sizes = [name for name, _ in found], tuple(size for _, size in found)
     remote = [posixpath.join(base, name) for name in names]
     origins = tuple(fs.unstrip_protocol(p) if not _is_local(fs) else p for p in remote)
     if _is_local(fs):
@@ -85,57 +92,25 @@ def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None 
         for path in paths:
             if not os.path.exists(path):
                 raise ShardError(f"shard {path} (split {split!r}) does not exist", shard=path)
+        index_paths = tuple(p[: -len(".tar")] + ".idx" for p in paths) if fmt == "contract" else None
     else:
         target = os.path.join(cache_dir or default_cache_dir(), hashlib.sha256(root.encode()).hexdigest()[:16])
-        hashes = hashes or [None] * len(names)
-        paths = tuple(
-            _cached(fs, r, os.path.join(target, *n.split("/")), h) for r, n, h in zip(remote, names, hashes, strict=True)
-        )
-    index_paths = None
-    if fmt == "contract":
-        index_paths = tuple(p[: -len(".tar")] + ".idx" for p in paths)
-        if not _is_local(fs):
-            index_paths = tuple(_cached(fs, index_name(r), index_name(p), None) for r, p in zip(remote, paths, strict=True))
-        for path, index in zip(paths, index_paths, strict=True):
-            if not os.path.exists(index):
-                raise ShardError(f"index {index} of shard {path} does not exist", shard=path)
+        shards = [CachedFile(r, os.path.join(target, *n.split("/")), h, b)
+                  for r, n, h, b in zip(remote, names, hashes or [None] * len(names), sizes, strict=True)]
+        indexes = [CachedFile(index_name(s.remote), index_name(s.local), None, None) for s in shards]
+        fetch(fs, shards + (indexes if fmt == "contract" else []), what=f"split {split!r} of {root}", progress=progress)
+        paths = tuple(s.local for s in shards)
+        index_paths = tuple(i.local for i in indexes) if fmt == "contract" else None
+    for path, index in zip(paths, index_paths, strict=True) if index_paths is not None else ():
+        if not os.path.exists(index):
+            raise ShardError(f"index {index} of shard {path} does not exist", shard=path)
     return ShardSet(split, fmt, paths, index_paths, origins, sizes, manifest)
 
 
-def _list_foreign(fs, base: str, split: str) -> list[str]:
-    """Shard names relative to `base`: `<split>/*.tar`, else `*<split>*.tar` at the top level."""
+def _list_foreign(fs, base: str, split: str) -> list[tuple[str, int | None]]:
+    """(name relative to `base`, size) of `<split>/*.tar`, else of `*<split>*.tar` at the top level."""
     for pattern in (f"{split}/*.tar", f"*{split}*.tar"):
-        found = sorted(fs.glob(posixpath.join(base, pattern)))
+        found = fs.glob(posixpath.join(base, pattern), detail=True)
         if found:
-            return [posixpath.relpath(p, base) for p in found]
+            return [(posixpath.relpath(p, base), found[p].get("size")) for p in sorted(found)]
     return []
-
-
-def _cached(fs, remote: str, local: str, sha256: str | None) -> str:
-    """Downloads `remote` to `local` once; verifies `sha256` when the manifest gives one."""
-    marker = local + ".verified"
-    expected = sha256 or "unverified"
-    if os.path.exists(local) and os.path.exists(marker):
-        with open(marker) as f:
-            if f.read().strip() == expected:
-                return local
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    partial = f"{local}.part-{os.getpid()}"
-    digest = hashlib.sha256()
-    try:
-        with fs.open(remote, "rb") as src, open(partial, "wb") as dst:
-            while block := src.read(1 << 22):
-                digest.update(block)
-                dst.write(block)
-    except FileNotFoundError as e:
-        raise ShardError(f"shard {fs.unstrip_protocol(remote)} does not exist", shard=fs.unstrip_protocol(remote)) from e
-    if sha256 is not None and digest.hexdigest() != sha256:
-        os.remove(partial)
-        raise ShardError(
-            f"shard {fs.unstrip_protocol(remote)}: sha256 {digest.hexdigest()} does not match the manifest's {sha256}",
-            shard=fs.unstrip_protocol(remote),
-        )
-    os.replace(partial, local)
-    with open(marker, "w") as f:
-        f.write(expected)
-    return local

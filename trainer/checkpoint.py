@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -78,10 +79,13 @@ def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Loads a checkpoint with weights_only=True; raises CheckpointError naming the file and the reason."""
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu", *, data: bytes | None = None) -> dict[str, Any]:
+    """Loads a checkpoint with weights_only=True; raises CheckpointError naming the file and the reason.
+
+    `data`: the file's bytes, already read (and compared across ranks) by the caller; `path` then only names it.
+    """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage

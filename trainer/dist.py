@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 
-__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_reduce_sum", "all_gather_objects", "broadcast_object"]
+__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_reduce_sum", "all_gather_objects", "broadcast_object",
+           "agree_on_attempt"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +70,48 @@ def _init_process_group(backend: str, device_id: torch.device | None = None) -> 
 
     torchrun (torch >= 2.5) shares its rendezvous TCPStore with the workers, and the store outlives a restart:
     without a prefix, restarted workers can read the previous attempt's gloo/NCCL addresses and fail to
-    connect (pytorch/pytorch#135712). All workers of a node are restarted together, so TORCHELASTIC_RESTART_COUNT
-    is the same for all of them.
+    connect (pytorch/pytorch#135712). The prefix must be the same on every node: a node started again after a
+    failure has a restart count of 0 while the others count on, so the attempt is agreed through the store.
     """
     store, rank, world_size = next(tdist.rendezvous("env://"))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    attempt = agree_on_attempt(store, rank, world_size)
     store = tdist.PrefixStore(f"trainer/attempt-{attempt}", store)
     tdist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, device_id=device_id)
+
+
+def agree_on_attempt(store, rank: int, world_size: int, *, timeout_s: float = 1800.0) -> str:
+    """A name for this launch of the job that every rank agrees on, though the store may hold older launches' keys.
+
+    Rank 0 takes a new number from a counter in the store (so no older launch used it) and hands it to each
+    other rank in reply to a fresh random token that rank posted; rank 0 answers until every rank has confirmed
+    this number, so a token left by an older launch can delay an answer but never be the one a rank waits for.
+    """
+    prefix = "trainer/launch"
+    if rank != 0:
+        token = uuid.uuid4().hex
+        store.set(f"{prefix}/ask/{rank}", token)
+        answer = f"{prefix}/answer/{rank}/{token}"
+        store.wait([answer], timedelta(seconds=timeout_s))
+        attempt = store.get(answer).decode()
+        store.set(f"{prefix}/confirmed/{rank}/{attempt}", "1")
+        return attempt
+    attempt = str(store.add(f"{prefix}/counter", 1))
+    answered: dict[int, str] = {}
+    waiting, deadline = set(range(1, world_size)), time.monotonic() + timeout_s
+    while waiting:
+        for other in sorted(waiting):
+            if store.check([f"{prefix}/confirmed/{other}/{attempt}"]):
+                waiting.discard(other)
+            elif store.check([f"{prefix}/ask/{other}"]):
+                token = store.get(f"{prefix}/ask/{other}").decode()
+                if answered.get(other) != token:
+                    store.set(f"{prefix}/answer/{other}/{token}", attempt)
+                    answered[other] = token
+        if waiting:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ranks {sorted(waiting)} never joined launch {attempt} of the job")
+            time.sleep(0.01)
+    return attempt
 
 
 def teardown(info: DistInfo) -> None:

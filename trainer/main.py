@@ -79,6 +79,7 @@ def train(cfg: TrainConfig, info: DistInfo) -> dict:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             f.write(cfg.to_json())
     dist.barrier(info)
+    state.check_run_dir_shared(info, cfg.out)
     amp_dtype, use_compile = resolve_features(cfg, info)
 
     train_loader = make_loader(cfg, info, "train")

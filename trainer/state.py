@@ -8,7 +8,11 @@ calls `gather_state`, only rank 0 gets the dict back and writes it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
+import uuid
 from typing import Any
 
 import torch
@@ -20,7 +24,8 @@ from trainer.dist import DistInfo
 from trainer.loop import Progress
 from trainer.rng import capture_rng, restore_rng
 
-__all__ = ["TrainObjects", "gather_state", "save", "find_resume_state", "restore"]
+__all__ = ["TrainObjects", "gather_state", "save", "find_resume_state", "restore", "check_run_dir_shared",
+           "RunDirNotShared"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,8 @@ def save(objs: TrainObjects, info: DistInfo, run_dir: str, *, keep: int) -> str 
 def find_resume_state(info: DistInfo, run_dir: str, resume: str) -> tuple[str, dict[str, Any]] | None:
     """The checkpoint to resume from: --resume PATH, else the newest valid one in the run dir (torchrun restarts).
 
-    Rank 0 chooses (with the fallback over corrupt files) and every rank loads the same file.
+    Rank 0 chooses (with the fallback over corrupt files); every rank reads that file and the ranks compare its
+    size and sha256 before anyone loads it, so no rank starts from another state than the others.
     """
     choice = None
     if info.is_main:
@@ -87,7 +93,60 @@ def find_resume_state(info: DistInfo, run_dir: str, resume: str) -> tuple[str, d
     choice = dist.broadcast_object(info, choice)
     if choice is None:
         return None
-    return choice, load_checkpoint(choice)
+    data, seen = _read(choice)
+    _require_same(info, seen, f"the checkpoint {choice}")
+    return choice, load_checkpoint(choice, data=data)
+
+
+class RunDirNotShared(RuntimeError):
+    """Some ranks do not see the run directory (or checkpoint) that rank 0 sees; raised on every rank at once."""
+
+
+def check_run_dir_shared(info: DistInfo, run_dir: str) -> None:
+    """Fails at start-up, on every rank, unless every rank sees the file rank 0 has just written in `run_dir`.
+
+    Rank 0 alone writes checkpoints, and every rank reads them on resume, including after rank 0's node is
+    replaced: a run directory on one node's local disk would only fail at the first restart, hours in.
+    """
+    if not info.distributed:
+        return
+    probe = None
+    if info.is_main:
+        probe = os.path.join(run_dir, f".shared-check-{uuid.uuid4().hex}")
+        with open(probe, "w") as f:
+            f.write(os.path.basename(probe))
+    probe = dist.broadcast_object(info, probe)
+    try:
+        with open(probe) as f:
+            seen = "sees it" if f.read() == os.path.basename(probe) else "sees other contents"
+    except OSError as e:
+        seen = f"does not see it ({type(e).__name__})"
+    try:
+        _require_same(info, seen, f"the run directory {run_dir} (file {os.path.basename(probe)} written by rank 0)")
+    finally:
+        if info.is_main:
+            os.remove(probe)
+
+
+def _read(path: str) -> tuple[bytes | None, str]:
+    """The file's bytes and what this rank sees: its size and sha256, or the error opening it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"cannot read it ({type(e).__name__}: {e.strerror})"
+    return data, f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def _require_same(info: DistInfo, seen: str, what: str) -> None:
+    """A collective: every rank raises the same RunDirNotShared unless all ranks saw what rank 0 saw."""
+    views = dist.all_gather_objects(info, (socket.gethostname(), seen))
+    differ = [(rank, host, view) for rank, (host, view) in enumerate(views) if view != views[0][1]]
+    if differ:
+        listing = "; ".join(f"rank {r} on {h}: {v}" for r, h, v in [(0, *views[0])] + differ)
+        raise RunDirNotShared(
+            f"ranks see different contents of {what}: {listing}. The run directory (--out) must be on storage "
+            "all nodes share (a shared file system mounted at the same path on every node)")
 
 
 def restore(objs: TrainObjects, state: dict[str, Any], info: DistInfo) -> None:
