@@ -16,6 +16,7 @@ import os
 import posixpath
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -243,7 +244,7 @@ def _check_output(out: OutputDir, cfg: BuildConfig) -> None:
 
 
 def _remove_strays(out: OutputDir, parts: list[ShardPart]) -> None:
-    """After a resume: temporary files of the killed run, and shards no longer in the plan."""
+    """Staging files of killed writers (a killed run, a lost node's attempt), and shards no longer in the plan."""
     keep = {f"{p.split}/{name}" for p in parts if p.shard for name in (p.shard.name, p.shard.index)}
     for split in SPLITS:
         if out.fs.isdir(out.path(split)):
@@ -267,7 +268,10 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
     out = OutputDir(cfg.out)
     try:
         with BuildLock(out):
-            return _build_locked(cfg, out, started)
+            try:
+                return _build_locked(cfg, out, started)
+            finally:
+                out.discard_staged()  # before the lock goes
     finally:
         out.close()
 
@@ -291,15 +295,16 @@ def _build_locked(cfg: BuildConfig, out: OutputDir, started: float) -> BuildRepo
     todo = [task for p in plans if (p.split, p.index) not in reused for task in p.chunks()]
     assembler = _ShardAssembler(out, {(p.split, p.index): p for p in plans}, cfg.size)
     try:
-        for result in run_chunks(todo, cfg):
-            assembler.add(result)
+        # closing() stops the workers before the lock is released, wherever an exception or a signal hits
+        with closing(run_chunks(todo, sum(len(t.items) for t in todo), cfg)) as results:
+            for result in results:
+                assembler.add(result)
     except BaseException:
         assembler.abort()
         raise
     built = {(p.split, p.index): p for p in assembler.parts}
     parts = [reused.get((p.split, p.index)) or built[p.split, p.index] for p in plans]
-    if cfg.resume:
-        _remove_strays(out, parts)
+    _remove_strays(out, parts)
     return _publish(cfg, out, dataset, parts, dict(found), started)
 
 

@@ -50,13 +50,18 @@ def main(verbose: bool) -> None:
 def build_shards_command(no_progress: bool, **options) -> None:
     """Resize, center-crop and shard an ImageNet tree; compute the train mean image and RGB PCA."""
     from preprocess.build import BuildAlreadyFinished, BuildConfig, ShardWriteError, TooManySkipped, build_shards
+    from preprocess.interrupt import RESUME_HINT, exit_code, raise_on_sigterm
     from preprocess.layout import LayoutError
     from preprocess.lock import BuildLocked
     from preprocess.output import OutputExistsError
 
+    raise_on_sigterm()
     try:
         cfg = BuildConfig(**options, progress=not no_progress)
         report = build_shards(cfg)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, after the build has unwound
+        click.echo(f"build-shards stopped by {'SIGTERM' if exit_code(stop) == 143 else 'Ctrl-C'}; {RESUME_HINT}", err=True)
+        sys.exit(exit_code(stop))
     except BuildAlreadyFinished as e:
         click.echo(str(e))
         return

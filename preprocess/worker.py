@@ -50,8 +50,14 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links
     local = isinstance(fs, LocalFileSystem)
     local_root = os.path.join(os.path.realpath(root), "") if local and not follow_links else None
     if own_process:
+        import signal
+
         import torch
 
+        # Ctrl-C reaches the whole process group: the parent alone decides, and stops us with SIGTERM, whose
+        # default (forked from a parent that turns it into an exception) must be restored to end us quietly.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
     _STATE.update(fs=fs, local=local, local_root=local_root, size=size, quality=quality, max_pixels=max_pixels)
 
