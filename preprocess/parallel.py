@@ -1,4 +1,4 @@
-"""Runs chunk tasks on worker processes and yields their results in task order, with a progress bar.
+"""Runs chunk tasks on worker processes and yields their results in task order.
 
 A pool of our own rather than multiprocessing.Pool: each worker has a private pipe, so a worker stopped in
 the middle of sending a result takes no shared lock with it. (Pool's workers share one result queue lock;
@@ -11,8 +11,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import wait
-
-from tqdm import tqdm
 
 from preprocess.worker import ChunkResult, ChunkTask, init_worker, process_chunk
 
@@ -37,7 +35,7 @@ def _serve(conn, settings: tuple) -> None:
         conn.send(result)
 
 
-def run_chunks(tasks: Iterable[ChunkTask], total: int, cfg) -> Iterator[ChunkResult]:
+def run_chunks(tasks: Iterable[ChunkTask], cfg, progress) -> Iterator[ChunkResult]:
     """Yields one result per task, in order, however many workers run them.
 
     Workers are forked where the platform can (as torch's DataLoader does): they start at once with the
@@ -45,15 +43,14 @@ def run_chunks(tasks: Iterable[ChunkTask], total: int, cfg) -> Iterator[ChunkRes
     worker everything runs in this process: no start-up cost, and easy to debug.
     """
     settings = (cfg.src, cfg.size, cfg.quality, cfg.max_pixels, cfg.follow_links)
-    with tqdm(total=total, unit="img", desc="build-shards", disable=not cfg.progress, smoothing=0.1) as bar:
-        if cfg.workers == 1:
-            init_worker(*settings, own_process=False)
-            results = map(process_chunk, tasks)
-        else:
-            results = _pooled(iter(tasks), settings, cfg.workers)
-        for result in results:
-            bar.update(len(result.task.items))
-            yield result
+    if cfg.workers == 1:
+        init_worker(*settings, own_process=False)
+        results = map(process_chunk, tasks)
+    else:
+        results = _pooled(iter(tasks), settings, cfg.workers)
+    for result in results:
+        progress(len(result.task.items))
+        yield result
 
 
 def _pooled(tasks: Iterator[ChunkTask], settings: tuple, workers: int) -> Iterator[ChunkResult]:
