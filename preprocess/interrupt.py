@@ -20,8 +20,12 @@ class Stopped(KeyboardInterrupt):
     """The process received SIGTERM."""
 
 
+_received: list[int] = []  # SIGTERM, once received: libraries (Ray's wait) may re-raise ours as a plain KeyboardInterrupt
+
+
 def _on_sigterm(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+    _received.append(signum)
     raise Stopped()
 
 
@@ -33,4 +37,4 @@ def raise_on_sigterm() -> None:
 
 def exit_code(stop: KeyboardInterrupt) -> int:
     """128 + the signal number, what a shell reports for a process ended by that signal."""
-    return 128 + (signal.SIGTERM if isinstance(stop, Stopped) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if isinstance(stop, Stopped) or _received else signal.SIGINT)
