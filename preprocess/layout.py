@@ -99,8 +99,9 @@ def _class_folders(fs, root: str, split_dir: str, listing: Listing, path_order: 
     return sorted(posixpath.basename(d) for d in dirs)
 
 
-def _in_parallel(fn, items: list, threads: int = LISTING_THREADS) -> Iterator:
+def _in_parallel(fn, items: list) -> Iterator:
     """fn over items on a thread pool, results in order, with a bounded number of results waiting."""
+    threads = LISTING_THREADS
     with ThreadPoolExecutor(threads) as pool:
         pending = deque()
         for item in items:
