@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from preprocess.assemble import ShardAssembler, ShardWriteError
 from preprocess.interrupt import raise_on_sigterm
@@ -126,6 +127,8 @@ def build_shard(plan: ShardPlan, cfg, counter) -> ShardPart:
 
 def run_shards(shards: Iterator[ShardPlan], cfg, out: OutputDir, bar) -> Iterator[ShardPart]:
     """Yields each shard's part as its task finishes (in any order), keeping a bounded window submitted."""
+    # Workers run in directories of their own: a relative local path must mean what it means here.
+    cfg = replace(cfg, src=_absolute(cfg.src), out=_absolute(cfg.out))
     ray = import_ray(cfg.ray_address)
     connected_here = _connect(ray, cfg.ray_address, cfg.workers)
     raise_on_sigterm()  # ray.init installs a SIGTERM handler of its own that skips our cleanup
@@ -137,6 +140,10 @@ def run_shards(shards: Iterator[ShardPlan], cfg, out: OutputDir, bar) -> Iterato
             ray.cancel(ref, force=True)
         if connected_here:
             ray.shutdown()
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _drive(ray, shards: Iterator[ShardPlan], cfg, bar, in_flight: dict) -> Iterator[ShardPart]:

@@ -61,8 +61,8 @@ def cluster(s3):  # noqa: F811 (after the S3 server, so every node inherits its 
         assert had_token or not token_file.exists(), "the tests left a Ray auth token in ~/.ray"
 
 
-def assert_listening_on_loopback_only() -> None:
-    """Every TCP socket that a process started by this one (Ray's nodes and workers) listens on is on 127.0.0.0/8."""
+def assert_listening_on_loopback_only(root: int | None = None) -> None:
+    """Every TCP socket that a process started by `root` (Ray's nodes and workers) listens on is on 127.0.0.0/8."""
     listening = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for row in Path(table).read_text().splitlines()[1:]:
@@ -71,7 +71,7 @@ def assert_listening_on_loopback_only() -> None:
                 listening[cols[9]] = cols[1].split(":")[0]  # inode -> local address, hex
     loopback = lambda a: a.endswith("7F") and (len(a) == 8 or a.startswith("0000000000000000FFFF0000"))  # noqa: E731
     found = []
-    for pid in children(os.getpid()):
+    for pid in children(root or os.getpid()):
         try:
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:  # gone meanwhile
@@ -240,3 +240,16 @@ def test_without_ray_installed_the_error_names_the_extra(tmp_path, source):
             f"main(['build-shards', '--src', {str(source)!r}, '--out', {str(tmp_path / 'o')!r}, '--engine', 'ray'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1 and "pip install 'alexnet-pipeline[ray]'" in done.stderr, done.stderr
+
+
+def test_a_local_instance_the_command_starts_stays_on_loopback(cluster, source, reference, tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    cmd = cli("--src", str(source), "--out", str(out), "--shard-size", str(SHARD), "--workers", "2",
+              "--engine", "ray", "--ray-address", "local")  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_parts(proc, out, 1)
+    assert_listening_on_loopback_only(proc.pid)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    same_build(out, reference)
