@@ -24,10 +24,10 @@ from test_interrupt import children, wait_for_parts
 from test_resume import snapshot
 from test_s3 import s3  # noqa: F401 (the moto server fixture on 127.0.0.1)
 
-from helpers import quick_build_config, tiny_sample_config
+from helpers import quick_build_config, tiny_sample_config, write
 from pipeline.contract import MANIFEST_NAME
 from preprocess.build import build_shards
-from preprocess.sample import make_sample
+from preprocess.sample import make_sample, sample_wnid
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 SHARD = 16  # images per shard: 12 shards of the source below, each a fraction of a second
@@ -84,6 +84,8 @@ def assert_listening_on_loopback_only(root: int | None = None) -> None:
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_source")
     make_sample(tiny_sample_config(root, classes=4, train_per_class=40, val_per_class=8, large_images=1))
+    write(root / "train" / sample_wnid(1) / "empty.JPEG", b"")  # skips, so skipped.jsonl is compared too
+    write(root / "val" / sample_wnid(2) / "noise.JPEG", bytes(range(256)) * 8)
     return root
 
 
@@ -118,7 +120,8 @@ def cli(*args) -> list[str]:
 
 def test_two_node_build_is_byte_identical_to_the_local_engine(cluster, source, reference, tmp_path):
     report = build_shards(ray_config(source, tmp_path / "out"))
-    assert report.written == report.found and report.found == {"train": 160, "val": 32}
+    assert report.found == {"train": 161, "val": 33} and report.written == {"train": 160, "val": 32}
+    assert sorted(s["reason"] for s in report.skipped) == ["empty", "undecodable"]
     same_build(tmp_path / "out", reference)
     assert not staging_files(tmp_path / "out") and not (tmp_path / "out" / ".parts").exists()
 
@@ -208,7 +211,10 @@ def test_two_attempts_of_one_shard_at_once_publish_it_whole(cluster, source, ref
     counter = ray.remote(AttemptCounter).options(num_cpus=0).remote()
     task = ray.remote(build_shard).options(num_cpus=1, max_retries=0)
     parts = ray.get([task.remote(plan, cfg, counter), task.remote(plan, cfg, counter)])
-    assert ray.get(counter.counts.remote()) == (1, 2)
+    deadline = time.time() + 30  # the attempts report their start asynchronously
+    while (counts := ray.get(counter.counts.remote())) != (1, 2):
+        assert time.time() < deadline, counts
+        time.sleep(0.1)
     assert parts[0].shard == parts[1].shard and parts[0].skipped == parts[1].skipped
     assert (parts[0].sums.image_sum == parts[1].sums.image_sum).all() and parts[0].sums.count == len(plan.rows)
     name = plan.name
