@@ -67,6 +67,7 @@ def build_shards_command(no_progress: bool, **options) -> None:
     from preprocess.layout import LayoutError
     from preprocess.lock import BuildLocked
     from preprocess.output import OutputExistsError
+    from preprocess.parallel import WorkerFailed
     from preprocess.ray_engine import RayUnavailable
 
     raise_on_sigterm()
@@ -79,7 +80,7 @@ def build_shards_command(no_progress: bool, **options) -> None:
     except BuildAlreadyFinished as e:
         click.echo(str(e))
         return
-    except (LayoutError, OutputExistsError, BuildLocked, ShardWriteError, RayUnavailable, ValueError) as e:
+    except (LayoutError, OutputExistsError, BuildLocked, ShardWriteError, WorkerFailed, RayUnavailable, ValueError) as e:
         raise click.ClickException(str(e)) from e
     except TooManySkipped as e:
         click.echo(str(e), err=True)

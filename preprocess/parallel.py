@@ -78,6 +78,13 @@ def _pooled(tasks: Iterator[ChunkTask], settings: tuple, workers: int) -> Iterat
             conn.close()
 
 
+def _died(proc) -> WorkerFailed:
+    proc.join(5)
+    why = ", killed: out of memory?" if proc.exitcode == -9 else ""
+    return WorkerFailed(f"a worker process died (exit code {proc.exitcode}{why}); finished shards are kept: "
+                        "run the same command with --resume to finish")  # fmt: skip
+
+
 def _in_order(tasks: Iterator[ChunkTask], conns: list, procs: dict) -> Iterator[ChunkResult]:
     queued: dict = {c: [] for c in conns}  # conn -> task numbers sent and not yet answered, oldest first
     done: dict[int, ChunkResult] = {}
@@ -90,7 +97,10 @@ def _in_order(tasks: Iterator[ChunkTask], conns: list, procs: dict) -> Iterator[
                 if task is None:
                     exhausted = True
                     break
-                conn.send(task)
+                try:
+                    conn.send(task)
+                except OSError:
+                    raise _died(procs[conn]) from None
                 queued[conn].append(sent)
                 sent += 1
         if next_out == sent:
@@ -98,13 +108,14 @@ def _in_order(tasks: Iterator[ChunkTask], conns: list, procs: dict) -> Iterator[
         busy = [c for c in conns if queued[c]]
         ready = wait(busy + [procs[c].sentinel for c in busy])
         for conn in busy:
-            if conn in ready or conn.poll():
-                result = conn.recv()
+            if conn in ready or procs[conn].sentinel in ready:
+                try:
+                    result = conn.recv()
+                except (EOFError, OSError):  # died without answering (killed, out of memory)
+                    raise _died(procs[conn]) from None
                 if isinstance(result, WorkerFailed):
                     raise result
                 done[queued[conn].pop(0)] = result
-            elif procs[conn].sentinel in ready:  # died without answering (killed, out of memory)
-                raise WorkerFailed(f"a worker process died with exit code {procs[conn].exitcode}")
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1

@@ -71,3 +71,15 @@ def test_a_signal_stops_the_local_engine_cleanly_and_resume_finishes(tiny_source
     clean = tmp_path / "clean"
     build_shards(quick_build_config(tiny_source, clean, shard_size=3))
     assert snapshot(out) == snapshot(clean)
+
+
+def test_a_worker_killed_mid_build_fails_it_cleanly_instead_of_hanging(tiny_source, tmp_path):
+    """What the kernel's out-of-memory killer does to one worker: exit 1 with a clear line, lock released."""
+    out = tmp_path / "out"
+    proc = start_build(tiny_source, out, "--workers", "2")
+    wait_for_parts(proc, out, 1)
+    os.kill(min(children(proc.pid)), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "Error: a worker process died (exit code -9, killed: out of memory?)" in stderr and "Traceback" not in stderr
+    assert not (out / ".lock").exists() and not (out / MANIFEST_NAME).exists()
