@@ -91,6 +91,19 @@ def run(cfg: BuildConfig) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def report(n: int, times: dict, startup_s: float, same: bool) -> None:
+    local_s, ray_s = min(times["local"]), min(times["ray"])
+    whole_s = startup_s + ray_s
+    print()
+    print(f"{'engine':40s} {'images/s':>10s} {'of local':>9s}")
+    print(f"{'local (2 worker processes)':40s} {n / local_s:10.1f} {'':>9s}")
+    print(f"{'ray, workers up (2 nodes x 1 CPU)':40s} {n / ray_s:10.1f} {local_s / ray_s:9.0%}   (target >= 90%)")
+    print(f"{'ray, whole run with its start-up':40s} {n / whole_s:10.1f} {local_s / whole_s:9.0%}   (target >= 75%)")
+    print(f"ray start-up cost: {startup_s:.1f} s; the engines' stats.json, mean_image.npy and first shard "
+          f"{'are identical' if same else 'DIFFER'}")  # fmt: skip
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
@@ -131,18 +144,8 @@ def main() -> None:
         tracemalloc.stop()
     receive_ms, merge_ms = driver_cost_per_shard()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-
-    local_s, ray_s = min(times["local"]), min(times["ray"])
-    whole_s = up_s + workers_s + ray_s
+    report(n, times, up_s + workers_s, same)
     per_shard_ms = 1e3 * min(driver_cpu) / shards
-    print()
-    print(f"{'engine':40s} {'images/s':>10s} {'of local':>9s}")
-    print(f"{'local (2 worker processes)':40s} {n / local_s:10.1f} {'':>9s}")
-    print(f"{'ray, workers up (2 nodes x 1 CPU)':40s} {n / ray_s:10.1f} {local_s / ray_s:9.0%}   (target >= 90%)")
-    print(f"{'ray, whole run with its start-up':40s} {n / whole_s:10.1f} {local_s / whole_s:9.0%}   (target >= 75%)")
-    print(f"ray start-up cost: {up_s + workers_s:.1f} s; the engines' stats.json, mean_image.npy and first shard "
-          f"{'are identical' if same else 'DIFFER'}")  # fmt: skip
-    print()
     print(f"driver, per finished shard: receive the part {receive_ms:.2f} ms + merge it {merge_ms:.2f} ms; "
           f"all its work (plan rows, submit, receive, merge) {per_shard_ms:.1f} ms CPU")  # fmt: skip
     print(f"driver memory: Python heap peak during a Ray build {heap_peak / 2**20:.1f} MiB; process peak RSS {rss:.0f} MiB")
