@@ -91,7 +91,11 @@ def _start_local(ray, cpus: int) -> None:
 
 
 class AttemptCounter:
-    """A Ray actor that counts task attempts, so the driver can show tasks running and retried."""
+    """A Ray actor that counts task attempts, so the driver can show tasks running and retried.
+
+    Progress only, and a lower bound: an attempt lost before its report arrives (while its worker still imports
+    our code) is not counted; Ray itself logs every retry.
+    """
 
     def __init__(self):
         self.shards, self.attempts = set(), 0

@@ -126,12 +126,12 @@ def test_two_node_build_is_byte_identical_to_the_local_engine(cluster, source, r
     assert not staging_files(tmp_path / "out") and not (tmp_path / "out" / ".parts").exists()
 
 
-def test_a_node_lost_mid_build_is_retried_and_the_build_is_identical(cluster, source, reference, tmp_path):
+def test_a_node_lost_mid_build_is_retried_and_the_build_is_identical(cluster, source, reference, tmp_path, capfd):
     out, outcome = tmp_path / "out", {}
     build = threading.Thread(target=lambda: outcome.update(report=build_shards(ray_config(source, out))))
     build.start()
     deadline = time.time() + 120
-    while not (out / ".parts").is_dir() or not os.listdir(out / ".parts"):
+    while not (out / ".parts").is_dir() or len(os.listdir(out / ".parts")) < 2:
         assert build.is_alive() and time.time() < deadline, "the build ended before a node could be removed"
         time.sleep(0.01)
     second = next(iter(cluster.worker_nodes))
@@ -141,6 +141,11 @@ def test_a_node_lost_mid_build_is_retried_and_the_build_is_identical(cluster, so
         assert "report" in outcome, "the build failed after losing a node"
         same_build(out, reference)
         assert not staging_files(out)
+        deadline, said = time.time() + 15, ""  # Ray's own word that the lost node's task was retried (logged async)
+        while "so the task will be retried" not in said and time.time() < deadline:
+            said += "".join(capfd.readouterr())
+            time.sleep(0.2)
+        assert "so the task will be retried" in said, said[-2000:]
     finally:
         cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)  # two nodes again for the next tests
         cluster.wait_for_nodes()
