@@ -11,8 +11,9 @@ their outputs are identical, so whichever publishes last publishes the same byte
 own code (a full disk, a bug) is not retried: the same input would fail the same way, so the build stops
 naming the shard. Ctrl-C or SIGTERM cancel every running task (its worker is killed) before the lock goes.
 
-Straggler attempts are not duplicated: shards are uniform (a shard of ~1000 images is a few CPU-seconds),
-so the tail of a build is about one task long, while duplicates would double the writes to object storage.
+Straggler attempts are not duplicated: every shard is an equal-sized random sample of its split, so tasks
+take about the same time and the tail of a build is about one task long, while duplicates would double the
+writes to object storage for it.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def _connect(ray, address: str, cpus: int) -> bool:
             ray.init(address=address, logging_level=logging.WARNING)
             return True
         except ConnectionError as e:
-            if address != "auto":
-                raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}") from e
+            if address != "auto" or os.environ.get("RAY_ADDRESS"):  # a named cluster: never a silent local stand-in
+                named = address if address != "auto" else os.environ["RAY_ADDRESS"]
+                raise RayUnavailable(f"cannot reach the Ray cluster at {named}: {e}") from e
     _start_local(ray, cpus)
     return True
 
