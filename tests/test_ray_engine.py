@@ -9,6 +9,7 @@ with a token from the environment, so no ~/.ray/auth_token is written.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -19,22 +20,51 @@ import threading
 import time
 from pathlib import Path
 
+import fsspec
 import pytest
 from test_interrupt import children, wait_for_parts
 from test_resume import snapshot
-from test_s3 import s3  # noqa: F401 (the moto server fixture on 127.0.0.1)
 
 from helpers import quick_build_config, tiny_sample_config, write
 from pipeline.contract import MANIFEST_NAME
 from preprocess.build import build_shards
 from preprocess.sample import make_sample, sample_wnid
 
+BUCKET = "ray-engine"  # moto keeps buckets per process, across servers: one of our own, removed at the end
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 SHARD = 16  # images per shard: 12 shards of the source below, each a fraction of a second
 
 
 @pytest.fixture(scope="module")
-def cluster(s3):  # noqa: F811 (after the S3 server, so every node inherits its endpoint and credentials)
+def s3(tiny_source):
+    """An S3 endpoint on 127.0.0.1 (moto's server, as in test_s3) with the tiny source tree in our bucket."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = dict(os.environ)
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://{host}:{port}")  # fmt: skip
+    fsspec.filesystem("s3").clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(BUCKET)
+    fs.put(f"{tiny_source}/", f"{BUCKET}/src/", recursive=True)
+    try:
+        yield fs
+    finally:
+        fs.rm(BUCKET, recursive=True)
+        if fs.exists(BUCKET):
+            fs.rmdir(BUCKET)
+        fs.clear_instance_cache()
+        os.environ.clear()
+        os.environ.update(saved)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):  # after the S3 server, so every node inherits its endpoint and credentials
     token_file = Path.home() / ".ray" / "auth_token"
     had_token = token_file.exists()
     saved = dict(os.environ)
@@ -194,13 +224,13 @@ def test_sigterm_stops_the_ray_engine_cleanly(cluster, source, tmp_path):
     assert sorted(os.listdir(out / ".parts")) == parts, "a task went on writing after the driver stopped"
 
 
-def test_s3_source_and_destination(cluster, s3, tiny_build):  # noqa: F811
-    report = build_shards(quick_build_config("s3://bucket/src", "s3://bucket/ray-shards", engine="ray"))
+def test_s3_source_and_destination(cluster, s3, tiny_build):
+    report = build_shards(quick_build_config(f"s3://{BUCKET}/src", f"s3://{BUCKET}/shards", engine="ray"))
     local, _ = tiny_build
     assert report.written == {"train": 24, "val": 9}
     for path in snapshot(local):
-        assert s3.cat_file(f"bucket/ray-shards/{path}") == (local / path).read_bytes(), path
-    assert not [p for p in s3.find("bucket/ray-shards") if ".tmp" in p or ".parts" in p or p.endswith(".lock")]
+        assert s3.cat_file(f"{BUCKET}/shards/{path}") == (local / path).read_bytes(), path
+    assert not [p for p in s3.find(f"{BUCKET}/shards") if ".tmp" in p or ".parts" in p or p.endswith(".lock")]
 
 
 def test_two_attempts_of_one_shard_at_once_publish_it_whole(cluster, source, reference, tmp_path):
