@@ -25,7 +25,13 @@ class WorkerFailed(RuntimeError):
 
 def _serve(conn, settings: tuple) -> None:
     init_worker(*settings)
-    while (task := conn.recv()) is not None:
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the parent is gone (killed): nothing left to do, and nothing to print
+            return
+        if task is None:
+            return
         try:
             result = process_chunk(task)
         except Exception as e:  # noqa: BLE001 (sent to the parent, which raises it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,10 +38,22 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start_build(src, out, *extra) -> subprocess.Popen:
-    cmd = [os.path.join(os.path.dirname(sys.executable), "preprocess"), "build-shards", "--src", str(src),
-           "--out", str(out), "--shard-size", "3", "--no-progress", *extra]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def started(cmd: list[str], **kwargs):
+    """A command in a process group of its own; whatever of it is left when the test ends is killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **kwargs)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def build_command(src, out, *extra) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "preprocess"), "build-shards", "--src", str(src),
+            "--out", str(out), "--shard-size", "3", "--no-progress", *extra]  # fmt: skip
 
 
 def wait_for_parts(proc: subprocess.Popen, out, count: int) -> None:
@@ -53,17 +66,17 @@ def wait_for_parts(proc: subprocess.Popen, out, count: int) -> None:
 @pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
 def test_a_signal_stops_the_local_engine_cleanly_and_resume_finishes(tiny_source, tmp_path, sig, code, name):
     out = tmp_path / "out"
-    proc = start_build(tiny_source, out, "--workers", "2")
-    wait_for_parts(proc, out, 2)
-    workers = children(proc.pid)
-    assert len(workers) >= 2, "the pool's workers should be running"
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    with started(build_command(tiny_source, out, "--workers", "2")) as proc:
+        wait_for_parts(proc, out, 2)
+        workers = children(proc.pid)
+        assert len(workers) >= 2, "the pool's workers should be running"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert not [p for p in workers if alive(p)], "a worker outlived the build"  # before the cleanup kills any
     assert proc.returncode == code, stderr
     lines = [line for line in stderr.splitlines() if not line.startswith("INFO ")]
     assert lines == [f"build-shards stopped by {name}; finished shards are kept: "
                      "run the same command with --resume to finish the build"], stderr  # fmt: skip
-    assert not [p for p in workers if alive(p)], "a worker outlived the build"
     assert not (out / ".lock").exists() and not (out / MANIFEST_NAME).exists()
     assert not [f for split in ("train", "val") if (out / split).is_dir() for f in os.listdir(out / split) if ".tmp" in f]
 
@@ -76,10 +89,10 @@ def test_a_signal_stops_the_local_engine_cleanly_and_resume_finishes(tiny_source
 def test_a_worker_killed_mid_build_fails_it_cleanly_instead_of_hanging(tiny_source, tmp_path):
     """What the kernel's out-of-memory killer does to one worker: exit 1 with a clear line, lock released."""
     out = tmp_path / "out"
-    proc = start_build(tiny_source, out, "--workers", "2")
-    wait_for_parts(proc, out, 1)
-    os.kill(min(children(proc.pid)), signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=60)
+    with started(build_command(tiny_source, out, "--workers", "2")) as proc:
+        wait_for_parts(proc, out, 1)
+        os.kill(min(children(proc.pid)), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     assert "Error: a worker process died (exit code -9, killed: out of memory?)" in stderr and "Traceback" not in stderr
     assert not (out / ".lock").exists() and not (out / MANIFEST_NAME).exists()

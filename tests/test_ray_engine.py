@@ -22,7 +22,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from test_interrupt import children, wait_for_parts
+from test_interrupt import children, started, wait_for_parts
 from test_resume import snapshot
 
 from helpers import quick_build_config, tiny_sample_config, write
@@ -186,10 +186,10 @@ def test_driver_killed_then_resumed_with_either_engine(cluster, source, referenc
     out = tmp_path / "out"
     cmd = cli("--src", str(source), "--out", str(out), "--shard-size", str(SHARD), "--workers", "2",
               "--engine", "ray", "--ray-address", cluster.address)  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_parts(proc, out, 2)
-    proc.kill()
-    proc.communicate()
+    with started(cmd) as proc:
+        wait_for_parts(proc, out, 2)
+        proc.kill()
+        proc.communicate()
     assert not (out / MANIFEST_NAME).exists()
     for shard in out.glob("*/*.tar"):  # only whole shards under final names
         with tarfile.open(shard) as tar:
@@ -206,10 +206,10 @@ def test_sigterm_stops_the_ray_engine_cleanly(cluster, source, tmp_path):
     out = tmp_path / "out"
     cmd = cli("--src", str(source), "--out", str(out), "--shard-size", str(SHARD), "--engine", "ray",
               "--ray-address", cluster.address)  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_parts(proc, out, 1)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    with started(cmd) as proc:
+        wait_for_parts(proc, out, 1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     lines = [line for line in stderr.splitlines() if not line.startswith("INFO ")]
     assert lines == ["build-shards stopped by SIGTERM; finished shards are kept: "
@@ -265,10 +265,10 @@ def test_a_source_lost_mid_build_fails_naming_the_shard_without_retrying(cluster
     out = tmp_path / "out"
     cmd = cli("--src", str(src), "--out", str(out), "--shard-size", str(SHARD), "--engine", "ray",
               "--ray-address", cluster.address)  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_parts(proc, out, 1)
-    src.rename(tmp_path / "unmounted")  # as if --src were missing on the nodes that run the next tasks
-    _, stderr = proc.communicate(timeout=120)
+    with started(cmd) as proc:
+        wait_for_parts(proc, out, 1)
+        src.rename(tmp_path / "unmounted")  # as if --src were missing on the nodes that run the next tasks
+        _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
     assert "Error: building shard" in stderr and "SourceUnavailable" in stderr and f"--src {src}" in stderr, stderr
     assert "Traceback" not in stderr
@@ -288,9 +288,9 @@ def test_a_local_instance_the_command_starts_stays_on_loopback(cluster, source, 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     cmd = cli("--src", str(source), "--out", str(out), "--shard-size", str(SHARD), "--workers", "2",
               "--engine", "ray", "--ray-address", "local")  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for_parts(proc, out, 1)
-    assert_listening_on_loopback_only(proc.pid)
-    _, stderr = proc.communicate(timeout=300)
+    with started(cmd, env=env) as proc:
+        wait_for_parts(proc, out, 1)
+        assert_listening_on_loopback_only(proc.pid)
+        _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     same_build(out, reference)
