@@ -1,9 +1,10 @@
 """`build_shards(cfg)`: source tree -> shuffled WebDataset shards, DALI indexes, statistics and a manifest.
 
-The flow, per split: list the inputs, shuffle them once with the seed (DALI's reader only shuffles inside
-a buffer, so the global order must be in the shards), cut the order into shards of `shard_size` and the
-shards into chunks; workers turn chunks into encoded samples, and the parent writes them in order. Keys
-are positions in the shuffled order, so a build is reproducible byte for byte for a given seed.
+The flow: list the inputs, plan the shards (`preprocess.plan`), take the destination lock, keep the shards a
+killed build finished (`--resume`), and hand the rest to an engine: `local` (a pool of worker processes whose
+encoded samples this process writes in order) or `ray` (one Ray task per shard, on a cluster, see
+`preprocess.ray_engine`). Each engine yields every finished shard's part record; statistics, the skip report
+and the manifest are published from those parts by the same code, so the engines give the same bytes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import logging
 import os
 import posixpath
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.contract import (
     FORMAT_VERSION,
@@ -28,26 +32,24 @@ from pipeline.contract import (
     SPLITS,
     STATS_NAME,
     Manifest,
-    ShardInfo,
     SplitInfo,
-    index_name,
-    shard_name,
 )
+from preprocess.assemble import ShardAssembler, ShardWriteError
 from preprocess.image import DEFAULT_MAX_PIXELS
-from preprocess.layout import SourceDataset, discover
+from preprocess.layout import discover
 from preprocess.lock import BuildLock
 from preprocess.output import OutputDir, OutputExistsError
 from preprocess.parallel import run_chunks
-from preprocess.parts import PARTS_DIR, ShardPart, plan_digest
+from preprocess.parts import PARTS_DIR, PartTotals, ShardPart
+from preprocess.plan import BuildPlan, ShardPlan
 from preprocess.stats import PixelSums, finalize
-from preprocess.tarshard import ShardWriter
-from preprocess.worker import ChunkResult, ChunkTask
 
-__all__ = ["BuildConfig", "BuildReport", "BuildAlreadyFinished", "TooManySkipped", "build_shards"]
+__all__ = ["BuildConfig", "BuildReport", "BuildAlreadyFinished", "TooManySkipped", "ShardWriteError", "build_shards"]
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 32  # images per worker task: small enough for an even load, large enough to amortise IPC
+ENGINES = ("local", "ray")
+RUN_ONLY = ("engine", "ray_address")  # how a build ran, not what it built: kept out of the manifest
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,12 @@ class BuildConfig:
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+    engine: str = "local"
+    ray_address: str = "auto"
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         for name in ("size", "shard_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -113,44 +119,8 @@ class TooManySkipped(RuntimeError):
     """More inputs were skipped than --max-skipped allows; the skip report is written, the manifest is not."""
 
 
-class ShardWriteError(RuntimeError):
-    """Writing or publishing one shard failed (disk full, I/O error, an encoder exception); the shard is discarded."""
-
-
 class BuildAlreadyFinished(RuntimeError):
     """`--resume` found a build whose manifest is already published: there is nothing to finish."""
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    split: str
-    index: int
-    rows: tuple[tuple[int, str, str, str, int], ...]  # (position, path, relpath, wnid, label)
-    digest: str
-
-    def chunks(self) -> list[ChunkTask]:
-        pieces = [self.rows[i : i + CHUNK_SIZE] for i in range(0, len(self.rows), CHUNK_SIZE)]
-        return [
-            ChunkTask(self.split, self.index, n == len(pieces) - 1, piece, self.split == "train")
-            for n, piece in enumerate(pieces)
-        ]
-
-
-def _plan(dataset: SourceDataset, cfg: BuildConfig) -> list[ShardPlan]:
-    settings = {"size": cfg.size, "quality": cfg.quality, "max_pixels": cfg.max_pixels, "follow_links": cfg.follow_links,
-                "format": FORMAT_VERSION}  # fmt: skip
-    plans = []
-    for split_number, split in enumerate(SPLITS):
-        items = dataset.splits.get(split, [])
-        order = np.random.default_rng([cfg.seed, split_number]).permutation(len(items))
-        if cfg.limit is not None:
-            order = order[: cfg.limit]
-        picked = [items[i] for i in order]
-        rows = [(pos, it.path, it.relpath, it.wnid, dataset.label[it.wnid]) for pos, it in enumerate(picked)]
-        for index, start in enumerate(range(0, len(rows), cfg.shard_size)):
-            shard_rows = tuple(rows[start : start + cfg.shard_size])
-            plans.append(ShardPlan(split, index, shard_rows, plan_digest([r[:1] + r[2:] for r in shard_rows], settings)))
-    return plans
 
 
 def _reusable(out: OutputDir, plan: ShardPlan) -> ShardPart | None:
@@ -165,60 +135,6 @@ def _reusable(out: OutputDir, plan: ShardPlan) -> ShardPart | None:
         if hashlib.sha256(out.fs.cat_file(shard_path)).hexdigest() != part.shard.sha256:
             return None
     return part
-
-
-class _ShardAssembler:
-    """Consumes chunk results in order; publishes each shard, then its part, once its last chunk arrives."""
-
-    def __init__(self, out: OutputDir, plans: dict[tuple[str, int], ShardPlan], size: int):
-        self.out, self.plans, self.size = out, plans, size
-        self.parts: list[ShardPart] = []
-        self._writer: ShardWriter | None = None
-
-    def add(self, result: ChunkResult) -> None:
-        try:
-            self._add(result)
-        except Exception as e:  # _build_locked then aborts the open shard, removing its temporary file
-            name = f"{result.task.split}/{shard_name(result.task.split, result.task.shard)}"
-            raise ShardWriteError(f"writing shard {self.out.path(name)} failed: {e}; the shard was discarded") from e
-
-    def _add(self, result: ChunkResult) -> None:
-        task = result.task
-        if self._writer is None:
-            self._name = shard_name(task.split, task.shard)
-            self._writer = ShardWriter(self.out.staging_path(f"{task.split}/{self._name}"))
-            self._part = ShardPart(
-                task.split, task.shard, self.plans[task.split, task.shard].digest, None, [], {},
-                PixelSums(self.size) if task.with_stats else None,
-            )  # fmt: skip
-        for key, members in result.samples:
-            self._writer.write(key, members)
-        self._part.skipped += result.skipped
-        for name, n in result.conversions.items():
-            self._part.conversions[name] = self._part.conversions.get(name, 0) + n
-        if result.sums is not None:
-            self._part.sums.merge(result.sums)
-        if task.last_in_shard:
-            self._finish(task.split)
-
-    def _finish(self, split: str) -> None:
-        writer, self._writer = self._writer, None
-        with writer:
-            if writer.samples == 0:  # every input of this shard was skipped: no empty tar
-                writer.discard()
-            else:
-                done = writer.finish()
-                idx = index_name(self._name)
-                self.out.write_bytes(f"{split}/{idx}", done.index_text.encode("ascii"))
-                self.out.publish(done.path, f"{split}/{self._name}")
-                self._part.shard = ShardInfo(self._name, idx, done.samples, done.bytes, done.sha256)
-        self._part.save(self.out)
-        self.parts.append(self._part)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.discard()
-            self._writer = None
 
 
 def _write_stats(out: OutputDir, sums: PixelSums) -> None:
@@ -242,9 +158,8 @@ def _check_output(out: OutputDir, cfg: BuildConfig) -> None:
         )
 
 
-def _remove_strays(out: OutputDir, parts: list[ShardPart]) -> None:
-    """After a resume: temporary files of the killed run, and shards no longer in the plan."""
-    keep = {f"{p.split}/{name}" for p in parts if p.shard for name in (p.shard.name, p.shard.index)}
+def _remove_strays(out: OutputDir, keep: set[str]) -> None:
+    """Staging files of killed writers (a killed run, a lost node's attempt), and shards no longer in the plan."""
     for split in SPLITS:
         if out.fs.isdir(out.path(split)):
             for path in out.fs.ls(out.path(split), detail=False):
@@ -267,7 +182,10 @@ def build_shards(cfg: BuildConfig) -> BuildReport:
     out = OutputDir(cfg.out)
     try:
         with BuildLock(out):
-            return _build_locked(cfg, out, started)
+            try:
+                return _build_locked(cfg, out, started)
+            finally:
+                out.discard_staged()  # before the lock goes
     finally:
         out.close()
 
@@ -279,50 +197,78 @@ def _build_locked(cfg: BuildConfig, out: OutputDir, started: float) -> BuildRepo
     )
     if cfg.overwrite:
         out.clear()  # only once the source is known to be good
-    plans = _plan(dataset, cfg)
-    found = Counter({s: 0 for s in SPLITS})
-    for plan in plans:
-        found[plan.split] += len(plan.rows)
-    log.info("%s layout: %d classes, %s inputs", dataset.layout, len(dataset.wnids), dict(found))
+    plan = BuildPlan(dataset, cfg)
+    found = plan.found
+    log.info("%s layout: %d classes, %s inputs", dataset.layout, len(dataset.wnids), found)
+    totals = PartTotals(cfg.size)
+    with tqdm(total=sum(found.values()), unit="img", desc="build-shards", disable=not cfg.progress, smoothing=0.1) as bar:
+        todo = _not_reused(plan, out, totals, bar) if cfg.resume else plan.shards()
+        if cfg.engine == "ray":
+            from preprocess.ray_engine import run_shards
+        else:
+            run_shards = _run_local
+        # closing() stops the workers before the lock is released, wherever an exception or a signal hits
+        with closing(run_shards(todo, cfg, out, bar)) as parts:
+            for part in parts:
+                totals.add(part)
+    if len(totals) != plan.shard_count():
+        raise RuntimeError(f"{len(totals)} of {plan.shard_count()} shards finished, yet the engine stopped")
+    _remove_strays(out, totals.kept_files())
+    return _publish(cfg, out, dataset, totals, found, started)
 
-    reused = {(p.split, p.index): part for p in plans if cfg.resume and (part := _reusable(out, p)) is not None}
-    if reused:
-        log.info("resuming: %d of %d shards are complete and intact", len(reused), len(plans))
-    todo = [task for p in plans if (p.split, p.index) not in reused for task in p.chunks()]
-    assembler = _ShardAssembler(out, {(p.split, p.index): p for p in plans}, cfg.size)
+
+def _not_reused(plan: BuildPlan, out: OutputDir, totals: PartTotals, bar) -> Iterator[ShardPlan]:
+    """The shards a killed build did not finish; the parts of those it did go straight to `totals`."""
+    reused = 0
+    for shard in plan.shards():
+        part = _reusable(out, shard)
+        if part is None:
+            yield shard
+        else:
+            totals.add(part)
+            bar.update(len(shard.rows))
+            reused += 1
+    log.info("resumed: %d of %d shards were complete and intact", reused, plan.shard_count())
+
+
+def _run_local(shards: Iterator[ShardPlan], cfg: BuildConfig, out: OutputDir, bar) -> Iterator[ShardPart]:
+    """The local engine: chunks of the shards on a pool of worker processes, shards written here in order."""
+    digests, finished = {}, deque()
+    assembler = ShardAssembler(out, digests, cfg.size, finished.append)
+
+    def chunks():
+        for shard in shards:
+            digests[shard.split, shard.index] = shard.digest
+            yield from shard.chunks()
+
     try:
-        for result in run_chunks(todo, cfg):
-            assembler.add(result)
+        with closing(run_chunks(chunks(), cfg, bar.update)) as results:
+            for result in results:
+                assembler.add(result)
+                while finished:
+                    part = finished.popleft()
+                    del digests[part.split, part.index]
+                    yield part
     except BaseException:
         assembler.abort()
         raise
-    built = {(p.split, p.index): p for p in assembler.parts}
-    parts = [reused.get((p.split, p.index)) or built[p.split, p.index] for p in plans]
-    if cfg.resume:
-        _remove_strays(out, parts)
-    return _publish(cfg, out, dataset, parts, dict(found), started)
 
 
-def _publish(cfg, out: OutputDir, dataset, parts: list[ShardPart], found: dict, started: float) -> BuildReport:
+def _publish(cfg, out: OutputDir, dataset, totals: PartTotals, found: dict, started: float) -> BuildReport:
     """Statistics, the skip report and, unless too much was skipped, the manifest, from every shard's part."""
-    sums, skipped, conversions = PixelSums(cfg.size), [], Counter()
-    for part in parts:
-        skipped += part.skipped
-        conversions.update(part.conversions)
-        if part.sums is not None:
-            sums.merge(part.sums)
-    _write_stats(out, sums)
+    skipped = totals.skipped()
+    _write_stats(out, totals.sums)
     out.write_bytes(SKIPPED_NAME, "".join(json.dumps(s, sort_keys=True) + "\n" for s in skipped).encode("utf-8"))
-    splits = {s: SplitInfo(tuple(p.shard for p in parts if p.split == s and p.shard)) for s in SPLITS}
+    splits = {s: SplitInfo(totals.shards(s)) for s in SPLITS}
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         image_size=cfg.size,
         classes=tuple(dataset.classes()),
         splits=splits,
-        config={**asdict(cfg), "layout": dataset.layout},
+        config={**{k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}, "layout": dataset.layout},
         found=found,
         skipped=tuple(skipped),
-        conversions=dict(sorted(conversions.items())),
+        conversions=totals.conversions(),
     )
     written = {s: splits[s].samples for s in SPLITS}
     assert sum(written.values()) + len(skipped) == sum(found.values()), "an input was neither written nor skipped"

@@ -38,7 +38,7 @@ def main(verbose: bool) -> None:
 @click.option("--size", default=256, help="Short side after resizing, and the side of the central crop.")
 @click.option("--quality", default=90, help="JPEG quality of the stored images.")
 @click.option("--shard-size", default=1000, help="Samples per shard (about).")
-@click.option("--workers", default=os.cpu_count() or 1, help="Worker processes (default: all cores).")
+@click.option("--workers", default=os.cpu_count() or 1, help="Worker processes (default: all cores); local engine.")
 @click.option("--seed", default=0, help="Seed of the global shuffle: same seed, same bytes.")
 @click.option("--max-skipped", default=10, help="More skipped inputs than this fail the build (after the report).")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, help="Larger images are skipped as too_large.")
@@ -46,21 +46,41 @@ def main(verbose: bool) -> None:
 @click.option("--limit", type=int, default=None, help="Only the first N inputs of each split (smoke runs).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing build at --out.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted build: rebuild only missing or damaged shards.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    help="local: worker processes on this machine. ray: one Ray task per shard on a Ray cluster (pip install "
+    "'alexnet-pipeline[ray]'); --src and --out must then be reachable from every node.",
+)
+@click.option(
+    "--ray-address",
+    default="auto",
+    help="With --engine ray: the cluster to use. auto: RAY_ADDRESS or a cluster started on this node, else a "
+    "local Ray instance on 127.0.0.1 (with --workers CPUs); local: always a local instance.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_shards_command(no_progress: bool, **options) -> None:
     """Resize, center-crop and shard an ImageNet tree; compute the train mean image and RGB PCA."""
     from preprocess.build import BuildAlreadyFinished, BuildConfig, ShardWriteError, TooManySkipped, build_shards
+    from preprocess.interrupt import RESUME_HINT, exit_code, raise_on_sigterm
     from preprocess.layout import LayoutError
     from preprocess.lock import BuildLocked
     from preprocess.output import OutputExistsError
+    from preprocess.parallel import WorkerFailed
+    from preprocess.ray_engine import RayUnavailable
 
+    raise_on_sigterm()
     try:
         cfg = BuildConfig(**options, progress=not no_progress)
         report = build_shards(cfg)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, after the build has unwound
+        click.echo(f"build-shards stopped by {'SIGTERM' if exit_code(stop) == 143 else 'Ctrl-C'}; {RESUME_HINT}", err=True)
+        sys.exit(exit_code(stop))
     except BuildAlreadyFinished as e:
         click.echo(str(e))
         return
-    except (LayoutError, OutputExistsError, BuildLocked, ShardWriteError, ValueError) as e:
+    except (LayoutError, OutputExistsError, BuildLocked, ShardWriteError, WorkerFailed, RayUnavailable, ValueError) as e:
         raise click.ClickException(str(e)) from e
     except TooManySkipped as e:
         click.echo(str(e), err=True)

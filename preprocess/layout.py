@@ -18,10 +18,15 @@ import csv
 import io
 import posixpath
 import re
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 import fsspec
+
+from preprocess.listing import Listing, SourceItem
 
 __all__ = ["LayoutError", "SourceItem", "SourceDataset", "discover", "LAYOUTS"]
 
@@ -30,6 +35,7 @@ KAGGLE_DATA = "ILSVRC/Data/CLS-LOC"
 KAGGLE_VAL_SOLUTION = "LOC_val_solution.csv"
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 WNID = re.compile(r"n\d{8}")
+LISTING_THREADS = 32  # folder listings in flight: round trips to object storage, not CPU work
 
 
 class LayoutError(ValueError):
@@ -37,18 +43,11 @@ class LayoutError(ValueError):
 
 
 @dataclass(frozen=True)
-class SourceItem:
-    path: str  # as the source filesystem names it
-    relpath: str  # relative to the source root, recorded in each sample's metadata
-    wnid: str
-
-
-@dataclass(frozen=True)
 class SourceDataset:
     layout: str
     wnids: tuple[str, ...]  # sorted; the class index is the position here
     names: dict[str, str]  # wnid -> human-readable name (the wnid itself when none is known)
-    splits: dict[str, list[SourceItem]]  # split -> items sorted by path
+    splits: dict[str, Listing]  # split -> items: train sorted by path, val by class folder or file stem
 
     @cached_property
     def label(self) -> dict[str, int]:
@@ -74,29 +73,43 @@ def _listdir(fs, path: str) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(files)
 
 
-def _relative(root: str, path: str) -> str:
-    return posixpath.relpath(path, root)
+def _class_folders(fs, root: str, split_dir: str, listing: Listing, path_order: bool) -> list[str]:
+    """Adds every class folder's files to `listing`; returns the class folder names (wnids), sorted.
 
-
-def _class_folders(fs, root: str, split_dir: str) -> dict[str, list[SourceItem]]:
+    Folders are listed in parallel (on object storage each listing is a round trip: 21,841 of them one after
+    another take many minutes) and added in order, by path (train, as `sorted(paths)` would give) or by name.
+    """
     dirs, stray = _listdir(fs, split_dir)
     if not dirs:
         raise LayoutError(f"{split_dir} holds no class folders (expected <wnid>/ subfolders)")
     if stray:
         raise LayoutError(f"{split_dir} holds files beside its class folders: {[posixpath.basename(p) for p in stray[:5]]}")
-    by_class, empty = {}, []
-    for d in dirs:
-        subdirs, files = _listdir(fs, d)
+    _check_wnid_names(split_dir, [posixpath.basename(d) for d in dirs])
+    if path_order:  # "cat/x" sorts after "cat-a/y" although "cat" < "cat-a"
+        dirs = sorted(dirs, key=lambda d: d + "/")
+    empty = []
+    for d, (subdirs, files) in zip(dirs, _in_parallel(lambda d: _listdir(fs, d), dirs), strict=True):
         if subdirs:
             raise LayoutError(f"class folder {d} holds subfolders: {[posixpath.basename(p) for p in subdirs[:5]]}")
         if not files:
             empty.append(posixpath.basename(d))
-        wnid = posixpath.basename(d)
-        by_class[wnid] = [SourceItem(f, _relative(root, f), wnid) for f in files]
+        listing.add_folder(d, (posixpath.basename(f) for f in files), posixpath.basename(d))
     if empty:
-        raise LayoutError(f"empty class folders in {split_dir}: {empty}")
-    _check_wnid_names(split_dir, list(by_class))
-    return by_class
+        raise LayoutError(f"empty class folders in {split_dir}: {sorted(empty)}")
+    return sorted(posixpath.basename(d) for d in dirs)
+
+
+def _in_parallel(fn, items: list) -> Iterator:
+    """fn over items on a thread pool, results in order, with a bounded number of results waiting."""
+    threads = LISTING_THREADS
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _check_wnid_names(split_dir: str, names: list[str]) -> None:
@@ -162,7 +175,7 @@ def _flat_files(fs, val_dir: str) -> list[str]:
     return files
 
 
-def _flat_val(root: str, val_dir: str, files: list[str], labels: dict[str, str], labels_path: str) -> list[SourceItem]:
+def _flat_val(listing: Listing, val_dir: str, files: list[str], labels: dict[str, str], labels_path: str) -> None:
     by_stem = {_stem(f): f for f in files}
     unlabelled = sorted(set(by_stem) - set(labels))
     missing = sorted(set(labels) - set(by_stem))
@@ -171,7 +184,8 @@ def _flat_val(root: str, val_dir: str, files: list[str], labels: dict[str, str],
             f"{labels_path} and {val_dir} disagree: {len(unlabelled)} images without a label "
             f"(e.g. {unlabelled[:3]}), {len(missing)} labels without an image (e.g. {missing[:3]})"
         )
-    return [SourceItem(by_stem[s], _relative(root, by_stem[s]), labels[s]) for s in sorted(by_stem)]
+    stems = sorted(by_stem)
+    listing.add_folder(val_dir, [posixpath.basename(by_stem[s]) for s in stems], [labels[s] for s in stems])
 
 
 def _detect(fs, root: str) -> str:
@@ -216,15 +230,14 @@ def discover(
     train_dir, val_dir = posixpath.join(base, "train"), posixpath.join(base, "val")
     if not fs.isdir(train_dir):
         raise LayoutError(f"{layout} layout needs {train_dir}/<wnid>/")
-    train = _class_folders(fs, root, train_dir)
-    wnids = tuple(sorted(train))
+    train, val = Listing(root), Listing(root)
+    wnids = tuple(_class_folders(fs, root, train_dir, train, path_order=True))
 
-    val: list[SourceItem] = []
     if layout == "kaggle":
         solution = posixpath.join(root, KAGGLE_VAL_SOLUTION)
         if not fs.exists(solution):
             raise LayoutError(f"kaggle layout needs {solution}")
-        val = _flat_val(root, val_dir, _flat_files(fs, val_dir), _parse_kaggle_solution(fs, solution), solution)
+        _flat_val(val, val_dir, _flat_files(fs, val_dir), _parse_kaggle_solution(fs, solution), solution)
     elif val_labels is not None:
         from preprocess.devkit import default_meta_path, is_devkit_ground_truth, read_ground_truth, read_synset_ids
 
@@ -234,17 +247,16 @@ def discover(
             labels = read_ground_truth(text, val_labels, ids, [_stem(f) for f in files])
         else:
             labels = _parse_labels_file(text, val_labels)
-        val = _flat_val(root, val_dir, files, labels, val_labels)
+        _flat_val(val, val_dir, files, labels, val_labels)
     elif fs.isdir(val_dir):
         subdirs, files = _listdir(fs, val_dir)
         if files and not subdirs:
             raise LayoutError(f"{val_dir} is flat: pass --val-labels FILE (lines '<file name> <wnid>')")
-        val = [item for items in _class_folders(fs, root, val_dir).values() for item in items]
-    unknown = sorted({item.wnid for item in val} - set(wnids))
+        _class_folders(fs, root, val_dir, val, path_order=False)
+    unknown = sorted(val.wnids() - set(wnids))
     if unknown:
         raise LayoutError(f"val labels name classes that have no train folder: {unknown[:10]}")
 
     names_path = class_names or posixpath.join(root, SYNSET_MAPPING)
     names = _parse_names(fs, names_path) if class_names or fs.exists(names_path) else {}
-    splits = {"train": sorted((i for items in train.values() for i in items), key=lambda i: i.path), "val": val}
-    return SourceDataset(layout=layout, wnids=wnids, names=names, splits=splits)
+    return SourceDataset(layout=layout, wnids=wnids, names=names, splits={"train": train, "val": val})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import secrets
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ __all__ = ["OutputDir", "OutputExistsError"]
 log = logging.getLogger(__name__)
 
 
+STAGING_PREFIX = ".tmp-"  # files being written; a build that publishes removes any it finds
 RETRIES = 4  # attempts after the first, with exponential backoff
 BACKOFF_SECONDS = 0.5
 
@@ -52,6 +54,10 @@ class OutputDir:
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._staging_root = None if self.is_local else tempfile.mkdtemp(prefix="build-shards-")
+        # Each OutputDir stages under names of its own, so two writers of one file (two attempts of one shard
+        # on different nodes) never share a temporary file; the ones still open are removed by close().
+        self._token = secrets.token_hex(6)
+        self._staged: set[str] = set()
 
     def __repr__(self) -> str:
         return f"OutputDir({self.url!r})"
@@ -82,9 +88,11 @@ class OutputDir:
         if self.is_local:
             directory, name = posixpath.split(self.path(relpath))
             os.makedirs(directory, exist_ok=True)
-            return posixpath.join(directory, f".tmp-{name}")
-        path = os.path.join(self._staging_root, relpath)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+            path = posixpath.join(directory, f"{STAGING_PREFIX}{self._token}-{name}")
+        else:
+            path = os.path.join(self._staging_root, relpath)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._staged.add(path)
         return path
 
     def publish(self, staging: str, relpath: str) -> None:
@@ -98,6 +106,7 @@ class OutputDir:
             self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
             _with_retries(lambda: self.fs.put_file(staging, final), final)
             os.remove(staging)
+        self._staged.discard(staging)
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         staging = self.staging_path(relpath)
@@ -105,6 +114,14 @@ class OutputDir:
             f.write(data)
         self.publish(staging, relpath)
 
+    def discard_staged(self) -> None:
+        """Removes what this writer staged and did not publish (after an error or a stop)."""
+        for path in self._staged:
+            if os.path.exists(path):
+                os.remove(path)
+        self._staged.clear()
+
     def close(self) -> None:
+        self.discard_staged()
         if self._staging_root is not None:
             shutil.rmtree(self._staging_root, ignore_errors=True)

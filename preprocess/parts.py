@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.contract import ShardInfo
+from pipeline.contract import SPLITS, ShardInfo
 from preprocess.output import OutputDir
 from preprocess.stats import PixelSums
 
-__all__ = ["ShardPart", "PARTS_DIR", "plan_digest"]
+__all__ = ["ShardPart", "PartTotals", "PARTS_DIR", "plan_digest"]
 
 PARTS_DIR = ".parts"
 
@@ -76,3 +76,44 @@ class ShardPart:
             return None
         shard = ShardInfo(**meta["shard"]) if meta["shard"] else None
         return cls(split, index, meta["digest"], shard, meta["skipped"], meta["conversions"], sums)
+
+
+class PartTotals:
+    """What the finished shards add up to, merged as each part arrives, in any order.
+
+    The pixel sums are merged at once and dropped, so the driver holds one running total and a few hundred
+    bytes per shard (its manifest entry, skips and conversions), not 1.5 MB of sums per shard.
+    """
+
+    def __init__(self, size: int):
+        self.sums = PixelSums(size)
+        self._entries: dict[tuple[str, int], tuple[ShardInfo | None, list[dict], dict[str, int]]] = {}
+
+    def add(self, part: ShardPart) -> None:
+        if part.sums is not None:
+            self.sums.merge(part.sums)
+        self._entries[part.split, part.index] = (part.shard, part.skipped, part.conversions)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _in_order(self):
+        return [self._entries[key] for key in sorted(self._entries, key=lambda k: (SPLITS.index(k[0]), k[1]))]
+
+    def shards(self, split: str) -> tuple[ShardInfo, ...]:
+        return tuple(self._entries[k][0] for k in sorted(self._entries) if k[0] == split and self._entries[k][0])
+
+    def skipped(self) -> list[dict]:
+        """Every skipped input, in plan order (split, then shard), as the report lists them."""
+        return [row for _, skipped, _ in self._in_order() for row in skipped]
+
+    def conversions(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for _, _, conversions in self._entries.values():
+            for name, n in conversions.items():
+                total[name] = total.get(name, 0) + n
+        return dict(sorted(total.items()))
+
+    def kept_files(self) -> set[str]:
+        shards = [(split, shard) for (split, _), (shard, _, _) in self._entries.items() if shard]
+        return {f"{split}/{name}" for split, shard in shards for name in (shard.name, shard.index)}

@@ -14,12 +14,18 @@ import torch
 
 from pipeline.contract import Stats
 
-__all__ = ["PixelSums", "finalize", "MAX_IMAGES"]
+__all__ = ["PixelSums", "finalize", "max_images"]
 
-# The per-pixel sums are uint32 (twice as fast to add to as int64): exact for up to 2**32 // 255 images,
-# 13x ImageNet-1k and more than ImageNet-21k.
-MAX_IMAGES = 2**32 // 255
+# Adding an image to uint32 per-pixel sums is twice as fast as to uint64, and exact for 2**32 // 255 images: far
+# more than one shard or worker ever sums. Merging widens to uint64, so a build's running total is exact for
+# as many images as the int64 cross-product sum holds (see max_images).
+NARROW_IMAGES = 2**32 // 255
 EXACT_BLOCK = 256  # pixels per float32 block in _cross_products
+
+
+def max_images(size: int) -> int:
+    """Images whose pixel sums stay exact: each adds up to 255**2 per pixel to the int64 cross-product sum."""
+    return (2**63 - 1) // (255**2 * size * size)
 
 
 @dataclass
@@ -28,7 +34,7 @@ class PixelSums:
 
     size: int
     count: int = 0
-    image_sum: np.ndarray | None = None  # uint32 [size, size, 3]: exact up to MAX_IMAGES
+    image_sum: np.ndarray | None = None  # uint32 [size, size, 3] while narrow, uint64 once merged past it
     cross_sum: np.ndarray | None = None  # int64 [3, 3], sum of x x^T over pixels
 
     def __post_init__(self):
@@ -44,8 +50,9 @@ class PixelSums:
     def add(self, pixels: np.ndarray) -> None:
         if pixels.shape != (self.size, self.size, 3) or pixels.dtype != np.uint8:
             raise ValueError(f"expected uint8 {(self.size, self.size, 3)}, got {pixels.dtype} {pixels.shape}")
-        if self.count >= MAX_IMAGES:
-            raise OverflowError(f"more than {MAX_IMAGES} images overflow the uint32 per-pixel sums")
+        if self.count >= NARROW_IMAGES and self.image_sum.dtype == np.uint32:
+            self.image_sum = self.image_sum.astype(np.uint64)
+        self._check_room(1)
         self.image_sum += pixels
         self.cross_sum += _cross_products(pixels)
         self.count += 1
@@ -53,11 +60,18 @@ class PixelSums:
     def merge(self, other: PixelSums) -> None:
         if other.size != self.size:
             raise ValueError(f"cannot merge sums of size {other.size} into size {self.size}")
-        if self.count + other.count > MAX_IMAGES:
-            raise OverflowError(f"more than {MAX_IMAGES} images overflow the uint32 per-pixel sums")
+        self._check_room(other.count)
+        wide = self.count + other.count > NARROW_IMAGES or other.image_sum.dtype != np.uint32
+        if wide and self.image_sum.dtype == np.uint32:
+            self.image_sum = self.image_sum.astype(np.uint64)
         self.count += other.count
         self.image_sum += other.image_sum
         self.cross_sum += other.cross_sum
+
+
+    def _check_room(self, more: int) -> None:
+        if self.count + more > max_images(self.size):
+            raise OverflowError(f"more than {max_images(self.size)} images of size {self.size} overflow the int64 sums")
 
 
 def _cross_products(pixels: np.ndarray) -> np.ndarray:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 
 from pipeline.contract import CLASS_EXT, IMAGE_EXT, LABEL_EXT, META_EXT, encode_label, sample_key
 from preprocess.image import SkipImage, decode_resize_crop, encode_jpeg
 from preprocess.stats import PixelSums
 
-__all__ = ["ChunkTask", "ChunkResult", "init_worker", "process_chunk"]
+__all__ = ["ChunkTask", "ChunkResult", "SourceUnavailable", "init_worker", "check_source", "process_chunk"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class ChunkResult:
 _STATE: dict = {}
 
 
+class SourceUnavailable(RuntimeError):
+    """--src cannot be read here at all (not mounted on this node, no credentials): a fault, not a skip per image."""
+
+
 def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links: bool, own_process: bool = True) -> None:
     """Pool initializer: the source filesystem and the build's image settings, once per process.
 
@@ -50,10 +55,30 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links
     local = isinstance(fs, LocalFileSystem)
     local_root = os.path.join(os.path.realpath(root), "") if local and not follow_links else None
     if own_process:
+        import signal
+
         import torch
 
+        # Ctrl-C reaches the whole process group: the parent alone decides, and stops us with SIGTERM, whose
+        # default (forked from a parent that turns it into an exception) must be restored to end us quietly.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
-    _STATE.update(fs=fs, local=local, local_root=local_root, size=size, quality=quality, max_pixels=max_pixels)
+    _STATE.update(fs=fs, root=root, src=src, local=local, local_root=local_root, size=size, quality=quality,
+                  max_pixels=max_pixels)  # fmt: skip
+
+
+def check_source() -> None:
+    """Fails when the source root is not there, before every image of a shard is skipped as unreadable.
+
+    On one machine the listing just saw it; on a cluster a node may lack the mount or the credentials.
+    """
+    try:
+        present = _STATE["fs"].isdir(_STATE["root"])
+    except Exception as e:  # noqa: BLE001 (credentials, network: whatever the filesystem raises)
+        raise SourceUnavailable(f"--src {_STATE['src']} cannot be read on {socket.gethostname()}: {e}") from e
+    if not present:
+        raise SourceUnavailable(f"--src {_STATE['src']} is not a directory on {socket.gethostname()}")
 
 
 def _read(path: str) -> bytes:

@@ -98,3 +98,21 @@ def test_cross_products_are_exact_for_any_size(size):
     exact = pixels.reshape(-1, 3).astype(object)
     expected = np.array([[sum(exact[:, i] * exact[:, j]) for j in range(3)] for i in range(3)], dtype=np.int64)
     np.testing.assert_array_equal(_cross_products(pixels), expected)
+
+
+def test_running_totals_widen_past_the_narrow_limit_and_stay_exact():
+    """Shards sum into uint32; the build's total widens to uint64, so 1e9 images (and more) add up exactly."""
+    from preprocess.stats import NARROW_IMAGES, max_images
+
+    assert max_images(256) >= 10**9
+    near = NARROW_IMAGES - 1
+    total = PixelSums(2, near, np.full((2, 2, 3), 255 * near, np.uint32), np.full((3, 3), 255**2 * 4 * near, np.int64))
+    shard = PixelSums(2)
+    shard.add(np.full((2, 2, 3), 255, np.uint8))
+    shard.add(np.full((2, 2, 3), 255, np.uint8))
+    total.merge(shard)
+    assert total.image_sum.dtype == np.uint64 and total.count == near + 2
+    assert int(total.image_sum[0, 0, 0]) == 255 * (near + 2) and total.channel_sum == [4 * 255 * (near + 2)] * 3
+    assert finalize(total)[1][0, 0, 0] == 1.0
+    with pytest.raises(OverflowError, match="overflow the int64 sums"):
+        total.merge(PixelSums(2, max_images(2), total.image_sum, total.cross_sum))
