@@ -25,6 +25,11 @@ __all__ = ["ShardPart", "PartTotals", "PARTS_DIR", "plan_digest"]
 PARTS_DIR = ".parts"
 
 
+def part_path(split: str, index: int) -> str:
+    """Where the part of shard (split, index) lives, relative to the output root."""
+    return f"{PARTS_DIR}/{split}-{index:06d}.npz"
+
+
 def plan_digest(rows: list[tuple], settings: dict) -> str:
     """Identifies what a shard is built from: its inputs in order and the settings that shape its bytes."""
     return hashlib.sha256(json.dumps([rows, settings], sort_keys=True).encode()).hexdigest()
@@ -42,7 +47,7 @@ class ShardPart:
 
     @property
     def relpath(self) -> str:
-        return f"{PARTS_DIR}/{self.split}-{self.index:06d}.npz"
+        return part_path(self.split, self.index)
 
     def save(self, out: OutputDir) -> None:
         meta = {
@@ -65,7 +70,7 @@ class ShardPart:
     @classmethod
     def load(cls, out: OutputDir, split: str, index: int) -> ShardPart | None:
         """The saved part of shard (split, index), or None if there is none or it is unreadable."""
-        path = out.path(f"{PARTS_DIR}/{split}-{index:06d}.npz")
+        path = out.path(part_path(split, index))
         try:
             with np.load(io.BytesIO(out.fs.cat_file(path)), allow_pickle=False) as npz:
                 meta = json.loads(npz["meta"].tobytes())
