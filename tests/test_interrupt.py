@@ -38,11 +38,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def started(cmd: list[str], **kwargs):
-    """A command in a process group of its own; whatever of it is left when the test ends is killed."""
+    """A command in a process group of its own; whatever of it is left when the test ends is killed.
+
+    Ctrl-C is restored to its default in the command, as a terminal has it: a shell starts background jobs (a CI
+    script run with `&`, say) with SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+    """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            **kwargs)  # fmt: skip
+                            preexec_fn=_default_ctrl_c, **kwargs)  # fmt: skip
     try:
         yield proc
     finally:
