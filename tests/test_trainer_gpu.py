@@ -9,8 +9,8 @@ import pytest
 import torch
 from trainer_fixtures import colour_batches
 
+from pipeline import DistInfo
 from trainer.config import TrainConfig
-from trainer.dist import DistInfo
 from trainer.loop import Progress, StepContext, evaluate, train_one_epoch
 from trainer.main import resolve_features
 from trainer.model import build_model

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import DistInfo
 from trainer import dist
 from trainer.chance import ChanceDetector
 from trainer.data import timed
-from trainer.dist import DistInfo
 from trainer.metrics import MetricsWriter, topk_correct
 
 __all__ = ["Progress", "StepContext", "train_one_epoch", "evaluate", "autocast", "count_into"]

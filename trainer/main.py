@@ -17,13 +17,14 @@ if __package__ in (None, ""):  # run as a script (torchrun trainer/main.py): mak
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from pipeline import DistInfo  # noqa: E402
+from pipeline.config import torch_dtype  # noqa: E402
 from pipeline.contract import load_manifest  # noqa: E402
 from trainer import dist, faults, state  # noqa: E402
 from trainer.chance import ChanceDetector  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
-from trainer.config import TrainConfig, parse_args  # noqa: E402
+from trainer.config import AMP_DTYPES, TrainConfig, parse_args  # noqa: E402
 from trainer.data import ResidentBatch, make_loader  # noqa: E402
-from trainer.dist import DistInfo  # noqa: E402
 from trainer.loop import Progress, StepContext, evaluate, train_one_epoch  # noqa: E402
 from trainer.metrics import MetricsWriter  # noqa: E402
 from trainer.model import build_model, count_parameters  # noqa: E402
@@ -54,7 +55,7 @@ def resolve_features(cfg: TrainConfig, info: DistInfo) -> tuple[torch.dtype | No
         log.info("--amp %s ignored on %s (CUDA only)", cfg.amp, info.device)
     if cfg.compile and not on_cuda:
         log.info("--compile ignored on %s (CUDA only)", info.device)
-    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp] if on_cuda else None
+    amp_dtype = torch_dtype(AMP_DTYPES[cfg.amp]) if on_cuda and cfg.amp != "off" else None
     if on_cuda:
         torch.backends.cudnn.benchmark = True
         if amp_dtype is None:
