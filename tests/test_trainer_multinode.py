@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 from trainer_fixtures import TINY, TORCHRUN, Node, check, run, two_nodes
 
 from trainer.metrics import read_metrics
