@@ -1,7 +1,7 @@
 """One frozen, typed configuration for a training run; the command line only fills it.
 
 The resolved config is saved as JSON in the run dir and as a plain dict inside every checkpoint (never an
-argparse Namespace: `torch.load(weights_only=True)` refuses arbitrary classes, see RELIABILITY.md T3).
+argparse Namespace: `torch.load(weights_only=True)` refuses arbitrary classes; case T3 of docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
