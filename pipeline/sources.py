@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from pipeline.contract import MANIFEST_NAME, Manifest, index_name, load_manifest
+from pipeline.contract import MANIFEST_NAME, SHARD_SUFFIX, Manifest, index_name, load_manifest
 from pipeline.errors import NoShardsError, ShardError
 from pipeline.node_cache import CachedFile, fetch
 from pipeline.windows import IMAGE_SIZE
@@ -83,7 +83,8 @@ def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None 
         manifest, hashes = None, None
         found = _list_foreign(fs, base, split)
         if not found:
-            raise NoShardsError(f"{root}: no .tar shards for split {split!r} (looked for {split}/*.tar and *{split}*.tar)")
+            raise NoShardsError(f"{root}: no {SHARD_SUFFIX} shards for split {split!r} "
+                                f"(looked for {split}/*{SHARD_SUFFIX} and *{split}*{SHARD_SUFFIX})")
         names, sizes = [name for name, _ in found], tuple(size for _, size in found)
     remote = [posixpath.join(base, name) for name in names]
     origins = tuple(fs.unstrip_protocol(p) if not _is_local(fs) else p for p in remote)
@@ -92,7 +93,7 @@ def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None 
         for path in paths:
             if not os.path.exists(path):
                 raise ShardError(f"shard {path} (split {split!r}) does not exist", shard=path)
-        index_paths = tuple(p[: -len(".tar")] + ".idx" for p in paths) if fmt == "contract" else None
+        index_paths = tuple(index_name(p) for p in paths) if fmt == "contract" else None
     else:
         target = os.path.join(cache_dir or default_cache_dir(), hashlib.sha256(root.encode()).hexdigest()[:16])
         shards = [CachedFile(r, os.path.join(target, *n.split("/")), h, b)
@@ -109,7 +110,7 @@ def find_shards(root: str, split: str, fmt: str = "auto", cache_dir: str | None 
 
 def _list_foreign(fs, base: str, split: str) -> list[tuple[str, int | None]]:
     """(name relative to `base`, size) of `<split>/*.tar`, else of `*<split>*.tar` at the top level."""
-    for pattern in (f"{split}/*.tar", f"*{split}*.tar"):
+    for pattern in (f"{split}/*{SHARD_SUFFIX}", f"*{split}*{SHARD_SUFFIX}"):
         found = fs.glob(posixpath.join(base, pattern), detail=True)
         if found:
             return [(posixpath.relpath(p, base), found[p].get("size")) for p in sorted(found)]

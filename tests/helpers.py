@@ -25,9 +25,15 @@ def quick_build_config(src, out, **overrides) -> BuildConfig:
 
 
 def jpeg_bytes(pixels: np.ndarray, mode: str = "RGB", **save) -> bytes:
+    """`pixels` as a JPEG in `mode`; `save`: Pillow's JPEG options (quality, subsampling, exif...), its defaults else."""
     buf = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buf, "JPEG", **save)
     return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] RGB, as Pillow decodes it (the reference the loader's output is held to)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def png_bytes(img: Image.Image) -> bytes:

@@ -1,6 +1,8 @@
 """Run by torchrun in tests: which samples this rank's train and val loaders yield, by label, as the trainer builds them.
 
     torchrun ... tests/rank_probe.py --data SHARDS --out DIR [trainer options]   -> DIR/rank-<RANK>.json
+
+It imports `trainer` as the tests do, from the package that `make venv` installs.
 """
 
 from __future__ import annotations
@@ -9,11 +11,9 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainer import dist  # noqa: E402
-from trainer.config import parse_args  # noqa: E402
-from trainer.data import make_loader  # noqa: E402
+from trainer import dist
+from trainer.config import parse_args
+from trainer.data import make_loader
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import pytest
-from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

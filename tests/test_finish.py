@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from host_sync import HostSyncRecorder
-from loader_fixtures import coded_build_fixture, decode_jpeg  # noqa: F401 - a fixture
 
-from helpers import quick_build_config
+from helpers import decode_jpeg, quick_build_config
 from pipeline import ImageNetLoader, kernels, streaming
 from pipeline.config import LoaderConfig
 from pipeline.finish import Normalization, TorchFinisher, load_normalization, mean_planes, plan_finish

@@ -9,7 +9,6 @@ and `_init_args`); the first assertions fail loudly if a DALI release renames th
 from __future__ import annotations
 
 import pytest
-from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 
 from pipeline.config import LoaderConfig
 from pipeline.finish import load_normalization

@@ -10,17 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loader_fixtures import (  # noqa: F401 - a fixture
-    EIGVAL,
-    EIGVEC,
-    coded_build_fixture,
-    coded_pixels,
-    decode_jpeg,
-    encode_jpeg,
-    identity_norm,
-)
+from coded_shards import EIGVAL, EIGVEC, coded_jpeg, identity_norm
 from scipy import stats as sps
 
+from helpers import decode_jpeg
 from pipeline import ImageNetLoader
 
 SIZE, CROP = 256, 224
@@ -29,7 +22,7 @@ TOLERANCE = 3.0  # 0..255 levels: JPEG decoders and float rounding
 
 def reference_image(label: int, split_offset: int = 0) -> np.ndarray:
     """What the loader decodes for the sample with this label, as float HWC."""
-    return decode_jpeg(encode_jpeg(coded_pixels(label - split_offset if split_offset else label))).astype(np.float32)
+    return decode_jpeg(coded_jpeg(label - split_offset if split_offset else label)).astype(np.float32)
 
 
 def window(image_hwc: np.ndarray, y: int, x: int, crop: int, flip: bool) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from loader_fixtures import coded_build_fixture, epoch_labels  # noqa: F401 - a fixture
+from coded_shards import epoch_labels
 
 from pipeline import ImageNetLoader
 

@@ -8,7 +8,7 @@ import shutil
 import tarfile
 
 import pytest
-from loader_fixtures import coded_build_fixture, sample_members, write_coded_build, write_shard  # noqa: F401
+from coded_shards import sample_members, write_coded_build, write_shard
 
 from pipeline import ImageNetLoader
 from pipeline.contract import ContractError

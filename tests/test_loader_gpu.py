@@ -9,9 +9,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from coded_shards import coded_jpeg, identity_norm
 from host_sync import HostSyncRecorder
-from loader_fixtures import coded_build_420_fixture, coded_pixels, decode_jpeg, encode_jpeg, identity_norm  # noqa: F401
 
+from helpers import decode_jpeg
 from pipeline import ImageNetLoader
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -25,7 +26,7 @@ def test_cpu_decode_of_420_jpegs_is_libjpeg_turbos(coded_build_420):
     images, labels = next(iter(loader))
     mid = (256 - CROP) // 2
     for image, label in zip(images.numpy(), labels.tolist(), strict=True):
-        pixels = decode_jpeg(encode_jpeg(coded_pixels(label % 16), subsampling=2))
+        pixels = decode_jpeg(coded_jpeg(label % 16, subsampling=2))
         np.testing.assert_array_equal(image, pixels[mid : mid + CROP, mid : mid + CROP].transpose(2, 0, 1))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
-from loader_fixtures import coded_pixels, encode_jpeg, write_shard
+from coded_shards import coded_jpeg, write_shard
 
 from pipeline import ImageNetLoader
 
@@ -24,7 +24,7 @@ def test_pickled_members_are_ignored_and_never_unpickled(tmp_path):
     marker = str(tmp_path / "unpickled")
     payload = pickle.dumps(_Payload(marker))
     members = [
-        (f"s{i:03d}", {"jpg": encode_jpeg(coded_pixels(i)), "cls": str(i % 3).encode(), "pyd": payload, "pth": payload})
+        (f"s{i:03d}", {"jpg": coded_jpeg(i), "cls": str(i % 3).encode(), "pyd": payload, "pth": payload})
         for i in range(6)
     ]
     write_shard(str(tmp_path / "shards" / "train" / "train-0000.tar"), members, with_index=False)

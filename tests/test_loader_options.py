@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 import torch
-from loader_fixtures import EIGVAL, EIGVEC, coded_build_fixture, epoch_labels  # noqa: F401 - a fixture
+from coded_shards import EIGVAL, EIGVEC, epoch_labels
 
 from pipeline import DistInfo, ImageNetLoader, LoaderConfig
 from pipeline.finish import plan_finish

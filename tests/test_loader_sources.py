@@ -9,16 +9,9 @@ import shutil
 import fsspec
 import numpy as np
 import pytest
-from loader_fixtures import (  # noqa: F401 - a fixture
-    coded_build_fixture,
-    coded_pixels,
-    decode_jpeg,
-    encode_jpeg,
-    epoch_labels,
-    sample_members,
-    write_shard,
-)
+from coded_shards import coded_jpeg, epoch_labels, write_shard
 
+from helpers import decode_jpeg
 from pipeline import ImageNetLoader
 from pipeline.errors import ShardError
 
@@ -32,7 +25,7 @@ def write_foreign(root, samples: int = 11) -> dict[str, int]:
     for i in range(samples):
         ext = "jpeg" if i % 3 == 0 else "jpg"
         key = f"img_{i:04d}"
-        shards[i % 2].append((key, {ext: encode_jpeg(coded_pixels(i)), "cls": str(i % 5).encode()}))
+        shards[i % 2].append((key, {ext: coded_jpeg(i), "cls": str(i % 5).encode()}))
         labels[key] = i % 5
     for n, members in enumerate(shards):
         write_shard(os.path.join(root, "train", f"imagenet-train-{n:04d}.tar"), members, with_index=False)
@@ -48,7 +41,7 @@ def test_foreign_webdataset_shards_load_with_the_callers_mean_and_std(tmp_path):
     for images, batch in loader:
         for image, label in zip(images.numpy(), batch.tolist(), strict=True):
             index = int(round(float(np.median(image[2] * STD[2] * 255 + MEAN[2] * 255) - 8) / 16))
-            reference = (decode_jpeg(encode_jpeg(coded_pixels(index))) / 255.0 - MEAN) / STD
+            reference = (decode_jpeg(coded_jpeg(index)) / 255.0 - MEAN) / STD
             if image[0, 0, 0] > image[0, 0, -1]:
                 reference = reference[:, ::-1]
             np.testing.assert_allclose(image, reference.transpose(2, 0, 1), atol=0.05)

@@ -92,8 +92,8 @@ def test_no_checkpoint_means_fresh_start(tmp_path):
 
 
 def test_t5_only_rank0_writes(tmp_path, monkeypatch):
+    from pipeline import DistInfo
     from trainer import state as st
-    from trainer.dist import DistInfo
 
     class _Loader:
         def state_dict(self):

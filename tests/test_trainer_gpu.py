@@ -9,12 +9,12 @@ import pytest
 import torch
 from trainer_fixtures import colour_batches
 
+from pipeline import DistInfo
 from trainer.config import TrainConfig
-from trainer.dist import DistInfo
 from trainer.loop import Progress, StepContext, evaluate, train_one_epoch
-from trainer.main import resolve_features
 from trainer.model import build_model
 from trainer.schedule import LRSchedule
+from trainer.train import resolve_features
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

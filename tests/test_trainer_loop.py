@@ -10,8 +10,8 @@ import torch
 from host_sync import HostSyncRecorder, recorded_after_first
 from trainer_fixtures import StandInLoader, colour_batches
 
+from pipeline import DistInfo
 from trainer.chance import ChanceDetector
-from trainer.dist import DistInfo
 from trainer.loop import Progress, StepContext, count_into, evaluate, train_one_epoch
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model import build_model

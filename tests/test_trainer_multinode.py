@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-from loader_fixtures import coded_build_fixture  # noqa: F401 - a fixture
 from trainer_fixtures import TINY, TORCHRUN, Node, check, run, two_nodes
 
 from trainer.metrics import read_metrics
@@ -82,7 +81,7 @@ def test_two_nodes_train_like_one_node_of_four_ranks(two, one_node):
     assert ranks_logging == {"0"} and logs.count("FINAL val (9 images)") == 1
 
 
-def test_every_sample_is_read_by_exactly_one_rank_per_epoch(coded_build, tmp_path):  # noqa: F811
+def test_every_sample_is_read_by_exactly_one_rank_per_epoch(coded_build, tmp_path):
     """The trainer's loaders under two launchers: global ranks slice the data, local ranks never do."""
     nodes = two_nodes(["--data", coded_build.root, "--out", str(tmp_path), *TINY, "--batch-size", "2", "--epochs", "2"],
                       str(tmp_path), script="tests/rank_probe.py")

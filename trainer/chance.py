@@ -1,4 +1,4 @@
-"""Detects a run that sits at chance level and says so LOUDLY instead of hiding it (REFERENCE.md, section 5).
+"""Detects a run that sits at chance level and says so LOUDLY instead of hiding it.
 
 The known failure of naive AlexNet re-implementations: with N(0, 0.01) init and unnormalised inputs the net
 predicts one constant class and the loss stays at ln(classes) (or above it, when the constant guess is a

@@ -1,7 +1,7 @@
 """One frozen, typed configuration for a training run; the command line only fills it.
 
 The resolved config is saved as JSON in the run dir and as a plain dict inside every checkpoint (never an
-argparse Namespace: `torch.load(weights_only=True)` refuses arbitrary classes, see RELIABILITY.md T3).
+argparse Namespace: `torch.load(weights_only=True)` refuses arbitrary classes; case T3 of docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "get_args_parser", "parse_args", "ARCHS", "SCHEDULES", "AMP_MODES", "REFERENCE_BATCH", "MIN_CROP"]
+__all__ = ["TrainConfig", "get_args_parser", "parse_args", "ARCHS", "SCHEDULES", "AMP_MODES", "AMP_DTYPES",
+           "REFERENCE_BATCH", "MIN_CROP"]
 
 ARCHS = ("alexnet", "alexnet-bn")
 SCHEDULES = ("plateau", "step", "cosine")
-AMP_MODES = ("off", "bf16", "fp16")
+# --amp -> the precision that autocast computes in and that the loader delivers images in on CUDA: a name of
+# pipeline.config.DTYPES, the loader's one table of output types ("off" computes and loads in float32).
+AMP_DTYPES = {"off": "float32", "bf16": "bfloat16", "fp16": "float16"}
+AMP_MODES = tuple(AMP_DTYPES)
 # The paper's global batch: --lr is the learning rate for this batch and scales linearly with the real one.
 REFERENCE_BATCH = 128
 # Smallest crop for which conv1 (11/4) and the three 3/2 max pools still leave at least one pixel.

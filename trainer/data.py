@@ -6,23 +6,19 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import torch
-
-from trainer.config import TrainConfig
-from trainer.dist import DistInfo
+from pipeline import DistInfo
+from trainer.config import AMP_DTYPES, TrainConfig
 
 __all__ = ["make_loader", "timed", "loader_dtype", "ResidentBatch"]
 
-_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def loader_dtype(cfg: TrainConfig, info: DistInfo) -> torch.dtype:
-    """Half-precision images only where autocast runs in half precision anyway (CUDA); float32 elsewhere."""
-    return _DTYPES[cfg.amp] if info.device.startswith("cuda") else torch.float32
+def loader_dtype(cfg: TrainConfig, info: DistInfo) -> str:
+    """The loader's `dtype` option: half-precision images only where autocast runs in half precision anyway (CUDA)."""
+    return AMP_DTYPES[cfg.amp] if info.device.startswith("cuda") else "float32"
 
 
 def make_loader(cfg: TrainConfig, info: DistInfo, split: str, *, ten_crop: bool = False) -> Any:
-    """A `pipeline.ImageNetLoader` for this rank: the global rank shards the data (STYLE.md habit 5)."""
+    """A `pipeline.ImageNetLoader` for this rank, placed in the job by the trainer's own `DistInfo`."""
     from pipeline import ImageNetLoader  # heavy (DALI): imported where used
 
     return ImageNetLoader(
@@ -33,10 +29,8 @@ def make_loader(cfg: TrainConfig, info: DistInfo, split: str, *, ten_crop: bool 
         crop_size=cfg.crop_size,
         num_threads=cfg.workers,
         seed=cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        local_rank=info.local_rank,
-        dtype=str(loader_dtype(cfg, info)).removeprefix("torch."),  # the loader takes "float32", "bfloat16", ...
+        dist=info,
+        dtype=loader_dtype(cfg, info),
         channels_last=cfg.channels_last,
         ten_crop=ten_crop,
     )

@@ -1,7 +1,10 @@
-"""Every `torch.distributed` call of the trainer, behind a frozen `DistInfo` that falls back to one process.
+"""Every `torch.distributed` call of the trainer, behind the loader's frozen `pipeline.DistInfo`, which falls back
+to one process.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain `python trainer/main.py` sets none and runs as rank 0 of 1.
-Ranks are the GLOBAL rank for shards and seeds (STYLE.md habit 5); the local rank only picks the GPU.
+Shards and seeds follow the GLOBAL rank (with the local rank, ranks of different machines would read the same
+slice and draw the same augmentations); the local rank only picks the GPU. The loader receives the same
+`DistInfo`, so it can never disagree with the trainer about where this process stands.
 """
 
 from __future__ import annotations
@@ -10,35 +13,18 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 
-__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_reduce_sum", "all_gather_objects", "broadcast_object",
+from pipeline import DistInfo
+
+__all__ = ["setup", "teardown", "barrier", "all_reduce_sum", "all_gather_objects", "broadcast_object",
            "agree_on_attempt"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    device: str = "cpu"
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Only the main process writes files and logs (STYLE.md habit 6)."""
-        return self.rank == 0
 
 
 def setup(device: str) -> DistInfo:

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import DistInfo
 from trainer import dist
 from trainer.chance import ChanceDetector
 from trainer.data import timed
-from trainer.dist import DistInfo
 from trainer.metrics import MetricsWriter, topk_correct
 
-__all__ = ["Progress", "StepContext", "train_one_epoch", "evaluate", "autocast", "count_into"]
+__all__ = ["Progress", "StepContext", "train_one_epoch", "train_step", "TrainTally", "evaluate", "autocast", "count_into"]
 
 log = logging.getLogger(__name__)
 
@@ -83,48 +83,20 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """Trains until the loader is exhausted (or ctx.max_steps); returns this epoch's train averages.
 
-    "complete" in the result says whether the loader finished the epoch (False when --max-steps stopped it).
+    `on_step(progress)` runs after every step (the caller's mid-epoch checkpoints and injected faults). "complete"
+    in the result says whether the loader finished the epoch (False when --max-steps stopped it).
     """
     model.train()
-    device = ctx.info.device
     steps_per_epoch = len(loader)
-    zeros = lambda: torch.zeros(5, dtype=torch.float64, device=device)  # noqa: E731 loss, top1, top5, n, steps
-    interval = zeros()
-    epoch_sums = zeros() if progress.epoch_sums is None else progress.epoch_sums.to(device)
-    progress.epoch_sums = epoch_sums  # updated in place every step: a checkpoint takes it as it is
-    preds = torch.zeros(ctx.num_classes, dtype=torch.float64, device=device)
-    wait = interval_wait = 0.0
-    epoch_start = interval_start = time.perf_counter()
-    images_here = 0  # this process's images in this call (a resumed epoch's rate covers only what it ran)
-    complete = True  # False when --max-steps stops the epoch before the loader is exhausted
+    tally = TrainTally(ctx, progress)
+    complete = True
     for data_wait, (images, labels) in timed(loader):
-        images, labels = _prepare(images, labels, device, ctx.channels_last)
-        with autocast(device, ctx.amp_dtype):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.scaler.scale(loss).backward()
-        ctx.scaler.step(ctx.optimizer)
-        ctx.scaler.update()
-        ctx.schedule.step_batch()
+        images, labels = _prepare(images, labels, ctx.info.device, ctx.channels_last)
+        loss, logits = train_step(model, images, labels, ctx)
         progress.step += 1
-        with torch.no_grad():
-            top1, top5 = topk_correct(logits.float(), labels)
-            n = labels.shape[0]
-            step_sums = torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
-                                     torch.full((), n, dtype=torch.float64, device=device),
-                                     torch.ones((), dtype=torch.float64, device=device)])
-            interval += step_sums
-            epoch_sums += step_sums
-            count_into(preds, logits.argmax(1))
-        wait += data_wait
-        interval_wait += data_wait
-        images_here += n
+        tally.add(loss, logits, labels, data_wait)
         if progress.step % ctx.log_interval == 0:
-            elapsed = time.perf_counter() - interval_start
-            _log_interval(ctx, progress, interval, preds, interval_wait, elapsed)
-            interval, interval_wait, interval_start = zeros(), 0.0, time.perf_counter()
-            preds.zero_()
+            tally.end_interval(progress)
         if on_step is not None:
             on_step(progress)
         # Stop early for --max-steps, but never on an epoch's last batch: the loader must see the epoch end, so
@@ -132,21 +104,81 @@ def train_one_epoch(
         if ctx.max_steps and progress.step >= ctx.max_steps and progress.step % steps_per_epoch:
             complete = False
             break
-    progress.epoch_sums = None if complete else epoch_sums
-    epoch_sums = dist.all_reduce_sum(ctx.info, epoch_sums.clone())
-    elapsed = time.perf_counter() - epoch_start
-    loss_sum, c1, c5, count, steps = epoch_sums.tolist()
-    steps_here = int(round(steps / ctx.info.world_size))
-    return {
-        "loss": loss_sum / max(count, 1),
-        "top1": c1 / max(count, 1),
-        "top5": c5 / max(count, 1),
-        "images_per_s": images_here * ctx.info.world_size / max(elapsed, 1e-9),  # train batches are equal on all ranks
-        "data_wait_frac": wait / max(elapsed, 1e-9),
-        "steps": steps_here,
-        "epoch_time": elapsed,
-        "complete": complete,
-    }
+    return tally.end_epoch(progress, complete)
+
+
+def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext):
+    """One optimizer step on a batch already on the device; returns (loss, logits), still on the device."""
+    with autocast(ctx.info.device, ctx.amp_dtype):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.schedule.step_batch()
+    return loss, logits
+
+
+class TrainTally:
+    """An epoch's running train sums (loss, top1, top5, samples, steps) and data-wait times, kept on the device.
+
+    Two sets of sums: the log interval's, reduced over ranks and logged by `end_interval`, and the epoch's, which
+    live in `progress.epoch_sums` and are updated in place every step, so that a checkpoint takes them as they are.
+    """
+
+    def __init__(self, ctx: StepContext, progress: Progress):
+        self.ctx = ctx
+        device = ctx.info.device
+        self.interval = self._zeros()
+        self.epoch = self._zeros() if progress.epoch_sums is None else progress.epoch_sums.to(device)
+        progress.epoch_sums = self.epoch
+        self.preds = torch.zeros(ctx.num_classes, dtype=torch.float64, device=device)  # predictions per class
+        self.wait = self.interval_wait = 0.0
+        self.epoch_start = self.interval_start = time.perf_counter()
+        self.images = 0  # this process's images in this call (a resumed epoch's rate covers only what it ran)
+
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros(5, dtype=torch.float64, device=self.ctx.info.device)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, data_wait: float) -> None:
+        device = self.ctx.info.device
+        with torch.no_grad():
+            top1, top5 = topk_correct(logits.float(), labels)
+            n = labels.shape[0]
+            step_sums = torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
+                                     torch.full((), n, dtype=torch.float64, device=device),
+                                     torch.ones((), dtype=torch.float64, device=device)])
+            self.interval += step_sums
+            self.epoch += step_sums
+            count_into(self.preds, logits.argmax(1))
+        self.wait += data_wait
+        self.interval_wait += data_wait
+        self.images += n
+
+    def end_interval(self, progress: Progress) -> None:
+        elapsed = time.perf_counter() - self.interval_start
+        _log_interval(self.ctx, progress, self.interval, self.preds, self.interval_wait, elapsed)
+        self.interval, self.interval_wait, self.interval_start = self._zeros(), 0.0, time.perf_counter()
+        self.preds.zero_()
+
+    def end_epoch(self, progress: Progress, complete: bool) -> dict[str, Any]:
+        """The epoch's averages over all ranks; an epoch stopped early keeps its sums in `progress` for a resume."""
+        progress.epoch_sums = None if complete else self.epoch
+        epoch_sums = dist.all_reduce_sum(self.ctx.info, self.epoch.clone())
+        elapsed = time.perf_counter() - self.epoch_start
+        loss_sum, c1, c5, count, steps = epoch_sums.tolist()
+        world_size = self.ctx.info.world_size
+        return {
+            "loss": loss_sum / max(count, 1),
+            "top1": c1 / max(count, 1),
+            "top5": c5 / max(count, 1),
+            "images_per_s": self.images * world_size / max(elapsed, 1e-9),  # train batches are equal on all ranks
+            "data_wait_frac": self.wait / max(elapsed, 1e-9),
+            "steps": int(round(steps / world_size)),
+            "epoch_time": elapsed,
+            "complete": complete,
+        }
 
 
 def count_into(counts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 `alexnet`: 96-256-384-384-256 convs, LRN after conv1 and conv2, overlapping 3/2 max pools, dropout 0.5 on
 fc6/fc7 and the paper's init (section 5). 62,378,344 parameters for 1000 classes, 58,322,314 for 10.
 `alexnet-bn`: BatchNorm instead of LRN (convs lose their bias), kaiming init. Known to learn where the paper's
-N(0, 0.01) init sits at chance on small synthetic data without careful lr tuning (REFERENCE.md).
+N(0, 0.01) init sits at chance on small synthetic data without careful lr tuning (trainer/chance.py says so).
 Both end in an adaptive average pool to 6x6, so 224 and 227 crops (and smaller ones in tests) all work.
 """
 

@@ -1,4 +1,4 @@
-"""Loss and accuracy curves of a run as a PNG: `python trainer/plot.py RUN_DIR` (also called by the trainer).
+"""Loss and accuracy curves of a run as a PNG: `python -m trainer.plot RUN_DIR` (also called by the trainer).
 
 Left: train loss per logging step and per epoch, val loss per epoch. Right: train/val top-1 and top-5.
 """
@@ -8,10 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make `trainer` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainer.metrics import METRICS_NAME, read_metrics  # noqa: E402
+from trainer.metrics import METRICS_NAME, read_metrics
 
 __all__ = ["plot_run", "PLOT_NAME"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import DistInfo
 from trainer import dist
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
-from trainer.dist import DistInfo
 from trainer.loop import Progress
 from trainer.rng import capture_rng, restore_rng
 

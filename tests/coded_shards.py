@@ -1,4 +1,5 @@
-"""Shard roots for the loader tests, written directly with `preprocess.tarshard.ShardWriter`.
+"""Shard roots for the loader tests, written directly with `preprocess.tarshard.ShardWriter` (the `coded_build`
+fixtures in conftest.py are made by `write_coded_build`).
 
 The images encode where each pixel came from: red = x, green = y (both 0..255 ramps over the 256x256 image) and
 blue = a coarse code of the sample index. JPEG at quality 100 without chroma subsampling keeps smooth ramps within
@@ -9,16 +10,14 @@ GPU decoders upsample chroma differently, it shows.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
-from PIL import Image
 
+from helpers import jpeg_bytes
 from pipeline.contract import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -56,15 +55,10 @@ def coded_pixels(index: int) -> np.ndarray:
     return img
 
 
-def encode_jpeg(pixels: np.ndarray, quality: int = 100, subsampling: int = 0) -> bytes:
-    """subsampling: PIL's code, 0 for 4:4:4 (full-resolution chroma), 2 for 4:2:0."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=quality, subsampling=subsampling)
-    return buf.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+def coded_jpeg(index: int, subsampling: int = 0) -> bytes:
+    """Sample `index`'s image at quality 100; subsampling: PIL's code, 0 for 4:4:4 (full-resolution chroma), 2 for
+    4:2:0."""
+    return jpeg_bytes(coded_pixels(index), quality=100, subsampling=subsampling)
 
 
 def patterned_mean_image() -> np.ndarray:
@@ -84,7 +78,7 @@ class CodedBuild:
 def sample_members(index: int, label: int, jpeg: bytes | None = None) -> dict[str, bytes]:
     return {
         "cls": str(label).encode("ascii"),
-        "jpg": jpeg if jpeg is not None else encode_jpeg(coded_pixels(index)),
+        "jpg": jpeg if jpeg is not None else coded_jpeg(index),
         "json": json.dumps({"index": index, "label": label}).encode(),
         "lbl": encode_label(label),
     }
@@ -127,7 +121,7 @@ def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7,
     `mutate(index, members) -> members` may change a sample before it is written (for bad-input tests).
     """
     root = str(root)
-    jpegs = {i: encode_jpeg(coded_pixels(i), subsampling=subsampling) for i in range(16)}  # depends on index % 16
+    jpegs = {i: coded_jpeg(i, subsampling=subsampling) for i in range(16)}  # depends on index % 16
     labels: dict[str, dict[int, int]] = {}
     splits = {}
     offset = 0
@@ -157,18 +151,6 @@ def write_coded_build(root, train: int = 40, val: int = 13, shard_size: int = 7,
     with open(os.path.join(root, MANIFEST_NAME), "w") as f:
         f.write(manifest.to_json())
     return CodedBuild(root, labels, mean_image)
-
-
-@pytest.fixture(scope="session", name="coded_build")
-def coded_build_fixture(tmp_path_factory) -> CodedBuild:
-    """40 train samples in 6 shards, 13 val samples in 2 shards (an odd count, uneven shards)."""
-    return write_coded_build(tmp_path_factory.mktemp("coded_build"))
-
-
-@pytest.fixture(scope="session", name="coded_build_420")
-def coded_build_420_fixture(tmp_path_factory) -> CodedBuild:
-    """The same samples, 4:2:0 JPEGs."""
-    return write_coded_build(tmp_path_factory.mktemp("coded_build_420"), subsampling=2)
 
 
 def identity_norm() -> dict:
