@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import posixpath
 
+from preprocess.errors import LayoutError
+
 __all__ = ["is_devkit_ground_truth", "read_synset_ids", "read_ground_truth", "default_meta_path", "META_NAME"]
 
 META_NAME = "meta.mat"
@@ -25,8 +27,6 @@ def is_devkit_ground_truth(text: str) -> bool:
 def read_synset_ids(fs, path: str) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid from the devkit's ``meta.mat`` (a MATLAB struct array named ``synsets``)."""
     from scipy.io import loadmat  # scipy comes with scikit-learn
-
-    from preprocess.layout import LayoutError
 
     if not fs.exists(path):
         raise LayoutError(
@@ -48,8 +48,6 @@ def read_ground_truth(text: str, path: str, ids: dict[int, str], image_stems: li
         LayoutError: a line that is not an integer or names no known class (with its line number), or a
             line count that differs from the number of images.
     """
-    from preprocess.layout import LayoutError
-
     wnids = []
     for lineno, line in enumerate(text.splitlines(), 1):
         token = line.strip()

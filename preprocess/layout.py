@@ -26,6 +26,8 @@ from functools import cached_property
 
 import fsspec
 
+from preprocess.devkit import default_meta_path, is_devkit_ground_truth, read_ground_truth, read_synset_ids
+from preprocess.errors import LayoutError
 from preprocess.listing import Listing, SourceItem
 
 __all__ = ["LayoutError", "SourceItem", "SourceDataset", "discover", "LAYOUTS"]
@@ -36,10 +38,6 @@ KAGGLE_VAL_SOLUTION = "LOC_val_solution.csv"
 SYNSET_MAPPING = "LOC_synset_mapping.txt"
 WNID = re.compile(r"n\d{8}")
 LISTING_THREADS = 32  # folder listings in flight: round trips to object storage, not CPU work
-
-
-class LayoutError(ValueError):
-    """The source tree is not one of the supported layouts, or its labels are inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -239,8 +237,6 @@ def discover(
             raise LayoutError(f"kaggle layout needs {solution}")
         _flat_val(val, val_dir, _flat_files(fs, val_dir), _parse_kaggle_solution(fs, solution), solution)
     elif val_labels is not None:
-        from preprocess.devkit import default_meta_path, is_devkit_ground_truth, read_ground_truth, read_synset_ids
-
         text, files = _read_text(fs, val_labels), _flat_files(fs, val_dir)
         if is_devkit_ground_truth(text):
             ids = read_synset_ids(fs, devkit_meta or default_meta_path(val_labels))
