@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import os
 import time
 
@@ -104,8 +105,8 @@ def _tile(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 def _photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     canvas = np.empty((height, width, 3), np.uint8)
     xs, ys = _cuts(rng, width, 450), _cuts(rng, height, 450)
-    for y0, y1 in zip(ys, ys[1:]):
-        for x0, x1 in zip(xs, xs[1:]):
+    for y0, y1 in itertools.pairwise(ys):
+        for x0, x1 in itertools.pairwise(xs):
             canvas[y0:y1, x0:x1] = _tile(rng, x1 - x0, y1 - y0)
     # Sensor noise as a camera leaves it (luminance and a little chroma): the sources were cleaned up for print.
     noisy = canvas + 3.0 * rng.standard_normal((height, width, 1), np.float32)
