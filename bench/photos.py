@@ -155,7 +155,7 @@ def _save(img: Image.Image, root: str, i: int, classes: int, options: dict) -> N
 
 def describe(paths: list[str], sample: int = 200) -> dict[str, float]:
     """What the decoder sees in these files: JPEG bytes per pixel, and libjpeg-turbo's full-size decode cost per
-    pixel and per image on one core (over the first `sample` files)."""
+    pixel and per image on one core (over those of the first `sample` files that libjpeg-turbo reads)."""
     import simplejpeg
 
     pixels = total_bytes = 0
@@ -163,8 +163,12 @@ def describe(paths: list[str], sample: int = 200) -> dict[str, float]:
     for path in paths[:sample]:
         with open(path, "rb") as f:
             data = f.read()
+        try:  # a real tree holds a few files libjpeg-turbo cannot read (PNG or CMYK named .JPEG): not counted
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            simplejpeg.decode_jpeg(data, "RGB")
+        except ValueError:
+            continue
         datas.append(data)
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         pixels += width * height
         total_bytes += len(data)
     start = time.process_time()
