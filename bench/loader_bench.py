@@ -196,7 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", help="shard root of `preprocess build-shards` (default: real photographs)")
     parser.add_argument("--synthetic", action="store_true", help="default shards of generated images instead")
-    parser.add_argument("--images", type=int, default=3000, help="images in the default shards")
+    parser.add_argument("--images", type=int, default=1280, help="images in the default shards")
     parser.add_argument("--seconds", type=float, default=30.0, help="per contender, over all rounds")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=2, help="DALI threads / DataLoader workers / decode processes")

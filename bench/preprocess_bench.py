@@ -74,6 +74,9 @@ def timed(fn) -> float:
 
 def stage_costs(paths: list[str], sample: int = 100) -> dict[str, float]:
     """Milliseconds per image for each stage of our build, on one core."""
+    import torch
+
+    torch.set_num_threads(1)  # as in the build's workers: a second OpenMP thread only contends for a shared core
     datas, t = [], {}
     t["read"] = timed(lambda: datas.extend(open(p, "rb").read() for p in paths[:sample]))
     decoded = []
