@@ -1,13 +1,16 @@
 """build-shards throughput against a hand-written baseline and against the decoder's limit, on the same cores.
 
-    python bench/preprocess_bench.py                 # generated ImageNet-like photos (cached in bench/out/)
+    python bench/preprocess_bench.py                 # images cut from real photographs (cached in bench/out/)
+    python bench/preprocess_bench.py --synthetic     # the generated images instead, to see how figures differ
     python bench/preprocess_bench.py /data/imagenet  # any imagenet/kaggle layout: its train split is used
     python bench/preprocess_bench.py --workers 2 --limit 2000
 
-Prints images/s for `preprocess build-shards`, for the baseline (bench/baseline_build.py: PIL + Pool +
-webdataset ShardWriter + float64 statistics), and for decoding the same files alone with libjpeg-turbo on
-the same number of processes (the limit); the ratios; the per-stage cost per image; and the PSNR of our
-256x256 outputs against the baseline's.
+Prints what the decoder sees in the files (JPEG bytes and decode cost per pixel, next to ImageNet's bytes per
+pixel); images/s for `preprocess build-shards`, for the baseline (bench/baseline_build.py: PIL + Pool +
+webdataset ShardWriter + float64 statistics), for the peer (bench/opencv_peer.py: img2dataset's OpenCV resize,
+no statistics), and for decoding the same files alone with libjpeg-turbo on the same number of processes (the
+limit); the ratios; the CLI's start-up cost; the per-stage cost per image; and the PSNR of our 256x256 outputs
+and the peer's against the baseline's.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import io
 import json
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,7 +32,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baseline_build import baseline_build  # noqa: E402
-from photos import make_photos  # noqa: E402
+from opencv_peer import opencv_build  # noqa: E402
+from photos import IMAGENET_BYTES_PER_PIXEL, describe  # noqa: E402
+from samples import benchmark_tree  # noqa: E402
 
 from preprocess.build import BuildConfig, build_shards  # noqa: E402
 from preprocess.image import decode_resize_crop, encode_jpeg  # noqa: E402
@@ -52,8 +58,9 @@ def decode_only(path: str) -> int:
 
 
 def link_tree(items, root: str) -> str:
+    """An imagenet-layout tree of links to `items` (train/<wnid>/<file>), whatever layout they came from."""
     for item in items:
-        link = os.path.join(root, item.relpath)
+        link = os.path.join(root, "train", item.wnid, os.path.basename(item.path))
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(os.path.abspath(item.path), link)
     return root
@@ -67,6 +74,9 @@ def timed(fn) -> float:
 
 def stage_costs(paths: list[str], sample: int = 100) -> dict[str, float]:
     """Milliseconds per image for each stage of our build, on one core."""
+    import torch
+
+    torch.set_num_threads(1)  # as in the build's workers: a second OpenMP thread only contends for a shared core
     datas, t = [], {}
     t["read"] = timed(lambda: datas.extend(open(p, "rb").read() for p in paths[:sample]))
     decoded = []
@@ -96,37 +106,50 @@ def psnr_against_baseline(ours_dir: str, baseline_dir: str, order: list[str]) ->
                         out[key_to_src(key, members)] = np.asarray(Image.open(io.BytesIO(data)), np.float64)
         return out
 
-    ours = images(os.path.join(ours_dir, "train"), lambda k, m: json.loads(m[f"{k}.json"])["src"])
-    base = images(baseline_dir, lambda k, m: order[int(k)])
+    def by_src(directory):
+        if os.path.exists(os.path.join(directory, "manifest.json")):  # ours: the source is in each sample's json
+            return images(os.path.join(directory, "train"), lambda k, m: json.loads(m[f"{k}.json"])["src"])
+        return images(directory, lambda k, m: order[int(k)])  # baseline and peer: keys in input order
+
+    ours, base = by_src(ours_dir), by_src(baseline_dir)
     scores = [10 * np.log10(255**2 / max(np.mean((ours[s] - base[s]) ** 2), 1e-12)) for s in ours if s in base]
     return float(np.mean(scores)), float(np.min(scores))
 
 
+def startup_seconds(item, tmp: str, workers: int) -> float:
+    """Wall time of `preprocess build-shards` from the command line on a one-image tree: what every build pays
+    before its first image (interpreter, imports, listing, starting the workers, writing the manifest)."""
+    src = link_tree([item], f"{tmp}/one")
+    cmd = [sys.executable, "-m", "preprocess.cli", "build-shards", "--src", src, "--out", f"{tmp}/one-out",
+           "--workers", str(workers), "--follow-links", "--overwrite", "--no-progress"]  # fmt: skip
+    return timed(lambda: subprocess.run(cmd, check=True, capture_output=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", nargs="?", help="ImageNet-layout tree (default: generated photos)")
+    parser.add_argument("src", nargs="?", help="imagenet or kaggle tree (default: images cut from real photographs)")
+    parser.add_argument("--synthetic", action="store_true", help="the generated images instead of real photographs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=600, help="images to use")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best time of each contender counts")
     args = parser.parse_args()
 
-    src = args.src
-    if src is None:
-        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"photos-{args.limit}")
-        if not os.path.isdir(src):
-            print(f"generating {args.limit} ImageNet-like photos in {src} ...", flush=True)
-            make_photos(src, args.limit)
-    dataset = discover(src)
+    src = args.src or benchmark_tree(args.limit, args.synthetic)
+    dataset = discover(src, with_val=False)
     items = dataset.splits["train"][: args.limit]
     paths = [i.path for i in items]
-    relpaths = [i.relpath for i in items]
+    relpaths = [f"train/{i.wnid}/{os.path.basename(i.path)}" for i in items]  # as in the linked tree
     for p in paths:  # warm the page cache for every contender alike
         open(p, "rb").read()
     n = len(paths)
     print(f"{n} images from {src}, {args.workers} workers, {os.cpu_count()} cores, best of {args.rounds} rounds")
+    seen = describe(paths)
+    print(f"the files: {seen['megapixels_per_image']:.3f} Mpixel per image, {seen['bytes_per_pixel']:.3f} JPEG bytes per "
+          f"pixel (ImageNet: {IMAGENET_BYTES_PER_PIXEL:.2f}), full-size decode {seen['decode_ns_per_pixel']:.2f} ns per "
+          f"pixel, {seen['decode_ms_per_image']:.2f} ms per image (one core, over {seen['images']} files)")  # fmt: skip
 
     labelled = [(p, dataset.label[i.wnid]) for p, i in zip(paths, items, strict=True)]
-    limit_s = base_s = ours_s = float("inf")
+    limit_s = base_s = peer_s = ours_s = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         chosen = link_tree(items, f"{tmp}/src")  # both builds read exactly these files
         # Interleaved rounds, best of each: a burst of other load on the machine hits one round, not one contender.
@@ -134,22 +157,30 @@ def main() -> None:
             with Pool(args.workers) as pool:
                 limit_s = min(limit_s, timed(lambda: pool.map(decode_only, paths, chunksize=16)))
             base_s = min(base_s, timed(lambda: baseline_build(labelled, f"{tmp}/base", args.workers)))
+            peer_s = min(peer_s, timed(lambda: opencv_build(labelled, f"{tmp}/peer", args.workers)))
             cfg = BuildConfig(
                 src=chosen, out=f"{tmp}/ours", workers=args.workers, progress=False, follow_links=True, overwrite=True
             )
             ours_s = min(ours_s, timed(lambda: build_shards(cfg)))  # noqa: B023 (called at once)
         mean_psnr, min_psnr = psnr_against_baseline(f"{tmp}/ours", f"{tmp}/base", relpaths)
+        peer_psnr, peer_min_psnr = psnr_against_baseline(f"{tmp}/peer", f"{tmp}/base", relpaths)
+        startup_s = min(startup_seconds(items[0], f"{tmp}/startup{r}", args.workers) for r in range(2))
 
     rate = lambda s: n / s  # noqa: E731
     print()
     print(f"{'contender':44s} {'images/s':>10s}")
     print(f"{'decode only, libjpeg-turbo full size (limit)':44s} {rate(limit_s):10.1f}")
     print(f"{'baseline: PIL + Pool + ShardWriter':44s} {rate(base_s):10.1f}")
+    print(f"{'peer: OpenCV as img2dataset, no statistics':44s} {rate(peer_s):10.1f}")
     print(f"{'preprocess build-shards':44s} {rate(ours_s):10.1f}")
     print()
     print(f"build-shards / baseline: {base_s / ours_s:.2f}x   (target >= 2.5x)")
+    print(f"build-shards / OpenCV peer: {peer_s / ours_s:.2f}x   (target > 1x, ours computing the statistics)")
     print(f"build-shards / decode-only limit: {limit_s / ours_s:.0%}")
-    print(f"output PSNR against the baseline: mean {mean_psnr:.1f} dB, min {min_psnr:.1f} dB   (target >= 30 dB)")
+    print(f"output PSNR against the baseline: mean {mean_psnr:.1f} dB, min {min_psnr:.1f} dB   (target >= 30 dB); "
+          f"the peer's: mean {peer_psnr:.1f} dB, min {peer_min_psnr:.1f} dB")  # fmt: skip
+    print(f"start-up of `preprocess build-shards` from the command line (a one-image build, best of 2): {startup_s:.2f} s; "
+          f"the timings above are of the build alone, in this process")  # fmt: skip
     print()
     print("per-stage cost of build-shards, one core, ms per image:")
     for stage, ms in stage_costs(paths).items():

@@ -209,8 +209,10 @@ def discover(
     val_labels: str | None = None,
     class_names: str | None = None,
     devkit_meta: str | None = None,
+    with_val: bool = True,
 ):
-    """Lists every input image with its class.
+    """Lists every input image with its class; `with_val=False` lists train alone (a benchmark needs no val
+    labels, so a Kaggle tree without its val solution file is still usable).
 
     Raises:
         LayoutError: an unknown or ambiguous layout, empty class folders, val classes unknown to train,
@@ -231,7 +233,9 @@ def discover(
     train, val = Listing(root), Listing(root)
     wnids = tuple(_class_folders(fs, root, train_dir, train, path_order=True))
 
-    if layout == "kaggle":
+    if not with_val:
+        pass  # train alone: no val folder or labels file is read
+    elif layout == "kaggle":
         solution = posixpath.join(root, KAGGLE_VAL_SOLUTION)
         if not fs.exists(solution):
             raise LayoutError(f"kaggle layout needs {solution}")

@@ -7,8 +7,6 @@ It works on the decoded numpy array in place (no copy into Pillow's 4-byte layou
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 __all__ = ["resize_region"]
 
@@ -18,6 +16,11 @@ def resize_region(pixels: np.ndarray, box: tuple[float, float, float, float], si
 
     The box is rounded to whole pixels (a shift of at most half a source pixel).
     """
+    # torch is imported here, not with the module: the CLI imports this package, and `--help` should not pay
+    # for torch's start-up. After the first call this is a dictionary lookup.
+    import torch
+    import torch.nn.functional as F
+
     height, width = pixels.shape[:2]
     x0, x1 = _bounds(box[0], box[2], width)
     y0, y1 = _bounds(box[1], box[3], height)
