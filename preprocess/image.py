@@ -9,7 +9,7 @@ Decisions, made once so every image is treated the same way:
   central square is kept. Only that square is resampled.
 
 Where the time goes: decoding. Ordinary (YCbCr or greyscale) JPEGs, nearly all of ImageNet, are decoded by
-libjpeg-turbo through simplejpeg, twice as fast as through Pillow, and at the smallest DCT scale (k/8)
+libjpeg-turbo through simplejpeg, with less copying than through Pillow, and at the smallest DCT scale (k/8)
 that keeps the short side >= size. Anything else, or a JPEG simplejpeg refuses, goes through Pillow, which
 also gives the verdict (and the skip reason) on broken files.
 """
@@ -147,7 +147,7 @@ def _decode_plain_jpeg(data: bytes, size: int, max_pixels: int) -> Decoded | Non
         raise SkipImage("too_large", f"{width}x{height} pixels is more than --max-pixels {max_pixels}")
     factor = dct_factor(width, height, size)
     try:
-        # The fast integer IDCT and plain chroma upsampling decode 12% faster; their error (about one grey level)
+        # The fast integer IDCT and plain chroma upsampling decode faster; their error (about one grey level)
         # is far below what the resize to 256 and the JPEG re-encode change anyway.
         pixels = simplejpeg.decode_jpeg(
             data,

@@ -16,7 +16,7 @@ from pipeline.contract import Stats
 
 __all__ = ["PixelSums", "finalize", "max_images"]
 
-# Adding an image to uint32 per-pixel sums is twice as fast as to uint64, and exact for 2**32 // 255 images: far
+# Adding an image to uint32 per-pixel sums moves half the memory of uint64, and is exact for 2**32 // 255 images: far
 # more than one shard or worker ever sums. Merging widens to uint64, so a build's running total is exact for
 # as many images as the int64 cross-product sum holds (see max_images).
 NARROW_IMAGES = 2**32 // 255
@@ -78,7 +78,7 @@ def _cross_products(pixels: np.ndarray) -> np.ndarray:
     """sum over pixels of x x^T, exact, as int64 [3, 3].
 
     Float32 holds integers exactly up to 2**24, and a block of 256 pixels sums to at most 256 * 255**2 < 2**24,
-    so one batched float32 matmul over 256-pixel blocks is exact (and 2-3x faster than integer arithmetic).
+    so one batched float32 matmul over 256-pixel blocks is exact (and BLAS has no fast integer matmul).
     """
     flat = pixels.reshape(-1, 3)
     if len(flat) % EXACT_BLOCK:
