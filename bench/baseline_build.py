@@ -1,8 +1,9 @@
 """The baseline that `preprocess build-shards` is measured against: the build people write by hand.
 
-PIL open -> convert RGB -> resize the short side to 256 (bilinear, antialiased) -> center crop -> JPEG
-encode, on a multiprocessing.Pool; the parent receives the crops, writes them with webdataset's ShardWriter
-and accumulates the same statistics (per-pixel mean image, channel means, RGB covariance) in float64.
+PIL open -> convert RGB -> resize the short side to 256 (bilinear, antialiased) -> center crop (torchvision's
+Resize(256) + CenterCrop(256), written out) -> JPEG encode, on a multiprocessing.Pool; the parent receives the
+crops, writes them with webdataset's ShardWriter and accumulates the same statistics (per-pixel mean image,
+channel means, RGB covariance) in float64.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ SIZE = 256
 def process(item: tuple[str, int]) -> tuple[bytes, np.ndarray, int]:
     path, label = item
     img = Image.open(path).convert("RGB")
-    w, h = img.size
-    scale = SIZE / min(w, h)
-    img = img.resize((max(SIZE, round(w * scale)), max(SIZE, round(h * scale))), Image.Resampling.BILINEAR)
-    left, top = (img.width - SIZE) // 2, (img.height - SIZE) // 2
+    w, h = img.size  # torchvision's Resize(256) + CenterCrop(256) on a PIL image, written out
+    img = img.resize((SIZE, int(SIZE * h / w)) if w <= h else (int(SIZE * w / h), SIZE), Image.Resampling.BILINEAR)
+    left, top = int(round((img.width - SIZE) / 2.0)), int(round((img.height - SIZE) / 2.0))
     img = img.crop((left, top, left + SIZE, top + SIZE))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)

@@ -41,6 +41,7 @@ from preprocess.image import decode_resize_crop, encode_jpeg  # noqa: E402
 from preprocess.layout import discover  # noqa: E402
 from preprocess.stats import PixelSums  # noqa: E402
 from preprocess.tarshard import ShardWriter  # noqa: E402
+from preprocess.worker import load_kernels  # noqa: E402
 
 
 def decode_only(path: str) -> int:
@@ -74,9 +75,7 @@ def timed(fn) -> float:
 
 def stage_costs(paths: list[str], sample: int = 100) -> dict[str, float]:
     """Milliseconds per image for each stage of our build, on one core."""
-    import torch
-
-    torch.set_num_threads(1)  # as in the build's workers: a second OpenMP thread only contends for a shared core
+    load_kernels()  # numba's first call is the build's start-up, not a per-image cost
     datas, t = [], {}
     t["read"] = timed(lambda: datas.extend(open(p, "rb").read() for p in paths[:sample]))
     decoded = []

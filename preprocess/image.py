@@ -4,14 +4,18 @@ Decisions, made once so every image is treated the same way:
 - The format comes from the bytes, never from the file name (ImageNet holds a PNG named .JPEG).
 - EXIF orientation is ignored, as torchvision and the original preprocessing do.
 - Transparent images are composited over white; 16-bit images keep their 8 most significant bits.
-- Resizing is bilinear with antialiasing, with torchvision's own uint8 kernel (`preprocess.resize`), so models
-  trained here see the same pixels as torchvision's `Resize(256)`; the short side becomes `size`, then the
-  central square is kept. Only that square is resampled.
+- The geometry is torchvision's `Resize(size)` + `CenterCrop(size)`: the short side becomes `size`, the long side
+  `int(size * long / short)`, and the central square is kept (its offset rounded half to even). The resampling is
+  Pillow's antialiased bilinear filter (`preprocess.resize`), which is what those transforms apply to PIL images;
+  only the kept square is resampled, straight from the decoded image.
 
 Where the time goes: decoding. Ordinary (YCbCr or greyscale) JPEGs, nearly all of ImageNet, are decoded by
-libjpeg-turbo through simplejpeg, with less copying than through Pillow, and at the smallest DCT scale (k/8)
-that keeps the short side >= size. Anything else, or a JPEG simplejpeg refuses, goes through Pillow, which
-also gives the verdict (and the skip reason) on broken files.
+libjpeg-turbo through simplejpeg, with less copying than through Pillow. Large images are decoded at the
+smallest DCT scale (1/2, 1/4, 1/8) that keeps the short side >= `size`. The DCT's shrinking is a box filter, so
+those images come out a little softer than a resize of the full decode would make them; keeping twice `size`
+(Pillow's `reducing_gap=2`) would narrow that, at a cost that large images, already the slowest to decode, pay
+in full. Anything else, or a JPEG simplejpeg refuses, goes through Pillow, which also gives the verdict (and the
+skip reason) on broken files.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
-
-from preprocess.resize import resize_region
 
 # Never pad a truncated file with grey: a short file is a skipped file.
 Image.LOAD_TRUNCATED_IMAGES = False
@@ -109,19 +111,34 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
     return img.convert("RGB"), "other_mode"
 
 
-def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """The source region that becomes the central size x size crop once the short side is `size`."""
-    scale = size / min(width, height)
-    resized_w, resized_h = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (resized_w - size) // 2, (resized_h - size) // 2
-    return (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+def center_crop_geometry(width: int, height: int, size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """torchvision's `Resize(size)` then `CenterCrop(size)`: the resized (width, height), and the kept window
+    (left, top, size, size) in it."""
+    short, long = sorted((width, height))
+    resized_long = int(size * long / short)
+    resized = (size, resized_long) if width == short else (resized_long, size)
+    left, top = (int(round((side - size) / 2.0)) for side in resized)
+    return resized, (left, top, size, size)
 
 
 def _resize_crop(pixels: np.ndarray, original_size: tuple[int, int], size: int) -> np.ndarray:
-    """Resamples the central crop of the ORIGINAL image; `pixels` may have been decoded at a reduced scale."""
-    fx, fy = pixels.shape[1] / original_size[0], pixels.shape[0] / original_size[1]
-    x0, y0, x1, y1 = center_crop_box(*original_size, size)
-    return resize_region(pixels, (x0 * fx, y0 * fy, x1 * fx, y1 * fy), size)
+    """The central crop of the ORIGINAL image, resampled from `pixels`, which may be a DCT-scaled decode of it."""
+    # Imported here, not with the module: the CLI reads this module's defaults, and `--help` should not wait for
+    # numba. After the first call this is a dictionary lookup.
+    from preprocess.resize import resize_window
+
+    resized, window = center_crop_geometry(*original_size, size)
+    factor = _scale_factor(original_size, pixels.shape[1], pixels.shape[0])
+    extent = (original_size[0] / factor, original_size[1] / factor)
+    return resize_window(pixels, extent, resized, window)
+
+
+def _scale_factor(original_size: tuple[int, int], width: int, height: int) -> int:
+    """The DCT scale 1/f a decoder used: f pixels of the source per decoded pixel, the last block partial."""
+    for factor in (1, 2, 4, 8):
+        if (-(-original_size[0] // factor), -(-original_size[1] // factor)) == (width, height):
+            return factor
+    raise ValueError(f"a {width}x{height} decode of a {original_size[0]}x{original_size[1]} image is no DCT scale of it")
 
 
 def dct_factor(width: int, height: int, size: int) -> int:
@@ -169,7 +186,7 @@ def _decode_with_pillow(data: bytes, size: int, max_pixels: int) -> Decoded:
     try:
         if img.format == "JPEG":
             factor = dct_factor(img.width, img.height, size)
-            img.draft(img.mode, (math.ceil(img.width / factor), math.ceil(img.height / factor)))
+            img.draft(img.mode, (img.width // factor, img.height // factor))  # Pillow picks the scale 1/factor
         img.load()
     except (OSError, SyntaxError, ValueError) as e:  # Pillow raises OSError("image file is truncated ...")
         reason = "truncated" if "truncated" in str(e) or "broken data stream" in str(e) else "undecodable"
@@ -177,7 +194,7 @@ def _decode_with_pillow(data: bytes, size: int, max_pixels: int) -> Decoded:
     except Image.DecompressionBombError as e:
         raise SkipImage("too_large", str(e)) from e
     img, conversion = _to_rgb(img)
-    pixels = np.array(img)  # writable: torch wraps it without a copy
+    pixels = np.array(img)  # writable: numba would compile its kernels again for a read-only array
     return Decoded(_resize_crop(pixels, original_size, size), original_size, (conversion,) if conversion else ())
 
 

@@ -12,7 +12,7 @@ import multiprocessing as mp
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import wait
 
-from preprocess.worker import ChunkResult, ChunkTask, init_worker, process_chunk
+from preprocess.worker import ChunkResult, ChunkTask, init_worker, load_kernels, process_chunk
 
 __all__ = ["run_chunks"]
 
@@ -44,11 +44,12 @@ def _serve(conn, settings: tuple) -> None:
 def run_chunks(tasks: Iterable[ChunkTask], cfg, progress) -> Iterator[ChunkResult]:
     """Yields one result per task, in order, however many workers run them.
 
-    Workers are forked where the platform can (as torch's DataLoader does): they start at once with the
-    parent's imports (torch takes seconds to import), and fsspec resets its async lock after a fork. With one
+    Workers are forked where the platform can (as torch's DataLoader does): they start at once, with the
+    parent's imports already done, and fsspec resets its async lock after a fork. With one
     worker everything runs in this process: no start-up cost, and easy to debug.
     """
     settings = (cfg.src, cfg.size, cfg.quality, cfg.max_pixels, cfg.follow_links)
+    load_kernels()
     if cfg.workers == 1:
         init_worker(*settings, own_process=False)
         results = map(process_chunk, tasks)

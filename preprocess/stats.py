@@ -2,7 +2,8 @@
 
 Per image we add the uint8 pixels to a per-pixel sum (the paper's mean image; the channel sums follow from it)
 and the channel cross-products to a 3x3 sum (the RGB covariance for PCA lighting). All sums are integers: merging the partial
-sums of any number of workers in any order gives bit-identical statistics.
+sums of any number of workers in any order gives bit-identical statistics. Both sums are taken in one pass over
+the image's memory (numba), with integer arithmetic throughout.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+from numba import njit
 
 from pipeline.contract import Stats
 
 __all__ = ["PixelSums", "finalize", "max_images"]
 
-# Adding an image to uint32 per-pixel sums moves half the memory of uint64, and is exact for 2**32 // 255 images: far
-# more than one shard or worker ever sums. Merging widens to uint64, so a build's running total is exact for
-# as many images as the int64 cross-product sum holds (see max_images).
-NARROW_IMAGES = 2**32 // 255
-EXACT_BLOCK = 256  # pixels per float32 block in _cross_products
+# The per-pixel sums take the narrowest unsigned type that holds them exactly: uint16 for the up to 257 images of
+# a worker's chunk (a quarter of uint64's memory to add into and to send), uint32 for a shard, uint64 for a
+# build. Widening happens as counts grow, so any number of images (up to max_images) sums exactly.
+_SUM_TYPES = (np.uint16, np.uint32, np.uint64)
+
+
+def _sum_type(count: int) -> type:
+    return next(t for t in _SUM_TYPES if count <= np.iinfo(t).max // 255)
 
 
 def max_images(size: int) -> int:
@@ -34,12 +38,12 @@ class PixelSums:
 
     size: int
     count: int = 0
-    image_sum: np.ndarray | None = None  # uint32 [size, size, 3] while narrow, uint64 once merged past it
+    image_sum: np.ndarray | None = None  # [size, size, 3], of the narrowest type that holds `count` images
     cross_sum: np.ndarray | None = None  # int64 [3, 3], sum of x x^T over pixels
 
     def __post_init__(self):
         if self.image_sum is None:
-            self.image_sum = np.zeros((self.size, self.size, 3), np.uint32)
+            self.image_sum = np.zeros((self.size, self.size, 3), _SUM_TYPES[0])
             self.cross_sum = np.zeros((3, 3), np.int64)
 
     @property
@@ -50,44 +54,51 @@ class PixelSums:
     def add(self, pixels: np.ndarray) -> None:
         if pixels.shape != (self.size, self.size, 3) or pixels.dtype != np.uint8:
             raise ValueError(f"expected uint8 {(self.size, self.size, 3)}, got {pixels.dtype} {pixels.shape}")
-        if self.count >= NARROW_IMAGES and self.image_sum.dtype == np.uint32:
-            self.image_sum = self.image_sum.astype(np.uint64)
         self._check_room(1)
-        self.image_sum += pixels
-        self.cross_sum += _cross_products(pixels)
+        self._widen(self.count + 1)
+        _accumulate(np.ascontiguousarray(pixels), self.image_sum, self.cross_sum)
         self.count += 1
 
     def merge(self, other: PixelSums) -> None:
         if other.size != self.size:
             raise ValueError(f"cannot merge sums of size {other.size} into size {self.size}")
         self._check_room(other.count)
-        wide = self.count + other.count > NARROW_IMAGES or other.image_sum.dtype != np.uint32
-        if wide and self.image_sum.dtype == np.uint32:
-            self.image_sum = self.image_sum.astype(np.uint64)
+        self._widen(self.count + other.count)
         self.count += other.count
         self.image_sum += other.image_sum
         self.cross_sum += other.cross_sum
 
+    def _widen(self, count: int) -> None:
+        needed = _sum_type(count)
+        if np.iinfo(needed).max > np.iinfo(self.image_sum.dtype).max:
+            self.image_sum = self.image_sum.astype(needed)
 
     def _check_room(self, more: int) -> None:
         if self.count + more > max_images(self.size):
             raise OverflowError(f"more than {max_images(self.size)} images of size {self.size} overflow the int64 sums")
 
 
-def _cross_products(pixels: np.ndarray) -> np.ndarray:
-    """sum over pixels of x x^T, exact, as int64 [3, 3].
+@njit(nogil=True, boundscheck=False, cache=True)
+def _accumulate(pixels, image_sum, cross_sum):
+    """image_sum += pixels and cross_sum += the sum over pixels of x x^T, exactly.
 
-    Float32 holds integers exactly up to 2**24, and a block of 256 pixels sums to at most 256 * 255**2 < 2**24,
-    so one batched float32 matmul over 256-pixel blocks is exact (and BLAS has no fast integer matmul).
-    """
-    flat = pixels.reshape(-1, 3)
-    if len(flat) % EXACT_BLOCK:
-        wide = flat.astype(np.int64)  # sizes whose pixel count is not a multiple of the block: plain integers
-        return wide.T @ wide
-    # Planar blocks [blocks, 3, 256]: the uint8 transpose is cheap, and bmm then reads rows contiguously (1.6x
-    # faster than multiplying the interleaved [256, 3] blocks).
-    planar = torch.from_numpy(np.ascontiguousarray(flat.T)).reshape(3, -1, EXACT_BLOCK).permute(1, 0, 2).float()
-    return torch.bmm(planar, planar.transpose(1, 2)).double().sum(dim=0).numpy().astype(np.int64)
+    The products are summed in int64, which holds 2**63 / 255**2 pixels: far more than one image has."""
+    flat, sums = pixels.reshape(-1), image_sum.reshape(-1)
+    for i in range(flat.size):
+        sums[i] += flat[i]
+    rr = rg = rb = gg = gb = bb = np.int64(0)
+    for p in range(0, flat.size, 3):
+        r, g, b = np.int64(flat[p]), np.int64(flat[p + 1]), np.int64(flat[p + 2])
+        rr += r * r
+        rg += r * g
+        rb += r * b
+        gg += g * g
+        gb += g * b
+        bb += b * b
+    for i, j, v in ((0, 0, rr), (0, 1, rg), (0, 2, rb), (1, 1, gg), (1, 2, gb), (2, 2, bb)):
+        cross_sum[i, j] += v
+        if i != j:
+            cross_sum[j, i] += v
 
 
 def finalize(sums: PixelSums) -> tuple[Stats, np.ndarray]:

@@ -15,7 +15,7 @@ from pipeline.contract import CLASS_EXT, IMAGE_EXT, LABEL_EXT, META_EXT, encode_
 from preprocess.image import SkipImage, decode_resize_crop, encode_jpeg
 from preprocess.stats import PixelSums
 
-__all__ = ["ChunkTask", "ChunkResult", "SourceUnavailable", "init_worker", "check_source", "process_chunk"]
+__all__ = ["ChunkTask", "ChunkResult", "SourceUnavailable", "load_kernels", "init_worker", "check_source", "process_chunk"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,21 @@ class SourceUnavailable(RuntimeError):
     """--src cannot be read here at all (not mounted on this node, no credentials): a fault, not a skip per image."""
 
 
+def load_kernels() -> None:
+    """Loads (or, the first time ever, compiles) the numba kernels of the resize and the statistics.
+
+    numba does that on a kernel's first call, which takes a good part of a second. Called before the workers are
+    forked, it is paid once and every worker starts with the kernels ready.
+    """
+    import numpy as np
+
+    from preprocess.resize import resize_window
+
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    PixelSums(2).add(resize_window(pixels, (6, 4), (3, 2), (0, 0, 2, 2)))
+    resize_window(resize_window(pixels, (6, 4), (3, 2), (0, 0, 3, 2)), (3, 2), (1, 1), (0, 0, 1, 1))
+
+
 def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links: bool, own_process: bool = True) -> None:
     """Pool initializer: the source filesystem and the build's image settings, once per process.
 
@@ -57,15 +72,12 @@ def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links
     if own_process:
         import signal
 
-        import torch
-
         # Ctrl-C reaches the whole process group: the parent alone decides, and stops us with SIGTERM, whose
         # default (forked from a parent that turns it into an exception) must be restored to end us quietly.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        torch.set_num_threads(1)  # one image per process at a time; the pool is the parallelism
     _STATE.update(fs=fs, root=root, src=src, local=local, local_root=local_root, size=size, quality=quality,
-                  max_pixels=max_pixels)  # fmt: skip
+                  max_pixels=max_pixels, folders_inside={})  # fmt: skip
 
 
 def check_source() -> None:
@@ -81,9 +93,18 @@ def check_source() -> None:
         raise SourceUnavailable(f"--src {_STATE['src']} is not a directory on {socket.gethostname()}")
 
 
+def _inside_source(path: str) -> bool:
+    """Whether `path` resolves inside the source tree. A folder is resolved once (a class folder holds a thousand
+    images); a file only when it is itself a link, which costs one lstat instead of one per path component."""
+    root, folders = _STATE["local_root"], _STATE["folders_inside"]
+    folder = os.path.dirname(path)
+    if folder not in folders:
+        folders[folder] = os.path.join(os.path.realpath(folder), "").startswith(root)
+    return folders[folder] and (not os.path.islink(path) or os.path.realpath(path).startswith(root))
+
+
 def _read(path: str) -> bytes:
-    root = _STATE["local_root"]
-    if root is not None and not os.path.realpath(path).startswith(root):
+    if _STATE["local_root"] is not None and not _inside_source(path):
         raise SkipImage(
             "outside_source", f"a link to {os.path.realpath(path)}, outside the source tree (--follow-links reads it)"
         )

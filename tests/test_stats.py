@@ -89,27 +89,38 @@ def test_no_train_images_is_a_clear_error():
 
 
 @pytest.mark.parametrize("size", [256, 227, 16])
-def test_cross_products_are_exact_for_any_size(size):
-    """The float32 block path (pixel counts divisible by 256) and the integer path agree with exact integers."""
-    from preprocess.stats import _cross_products
-
-    pixels = np.full((size, size, 3), 255, np.uint8)  # the worst case for float32 rounding
+def test_sums_are_exact_for_any_size(size):
+    """The per-pixel and cross-product sums equal Python's arbitrary-precision integers, at the largest values."""
+    pixels = np.full((size, size, 3), 255, np.uint8)
     pixels[::3, :, 1] = 254
+    pixels[:, ::7, 2] = np.arange(size, dtype=np.uint8)[:, None] if size <= 256 else 0
+    sums = PixelSums(size)
+    for _ in range(3):
+        sums.add(pixels)
     exact = pixels.reshape(-1, 3).astype(object)
-    expected = np.array([[sum(exact[:, i] * exact[:, j]) for j in range(3)] for i in range(3)], dtype=np.int64)
-    np.testing.assert_array_equal(_cross_products(pixels), expected)
+    expected = np.array([[3 * sum(exact[:, i] * exact[:, j]) for j in range(3)] for i in range(3)], dtype=np.int64)
+    np.testing.assert_array_equal(sums.cross_sum, expected)
+    np.testing.assert_array_equal(sums.image_sum, 3 * pixels.astype(np.uint64))
 
 
-def test_running_totals_widen_past_the_narrow_limit_and_stay_exact():
-    """Shards sum into uint32; the build's total widens to uint64, so 1e9 images (and more) add up exactly."""
-    from preprocess.stats import NARROW_IMAGES, max_images
+def test_running_totals_widen_past_each_limit_and_stay_exact():
+    """A chunk sums into uint16, a shard into uint32, the build's total into uint64: at each limit the sums widen,
+    so 1e9 images (and more) add up exactly."""
+    from preprocess.stats import max_images
 
     assert max_images(256) >= 10**9
-    near = NARROW_IMAGES - 1
+    white = np.full((2, 2, 3), 255, np.uint8)
+    chunk = PixelSums(2)
+    for _ in range(2**16 // 255):
+        chunk.add(white)
+    assert chunk.image_sum.dtype == np.uint16 and int(chunk.image_sum.max()) == 255 * 257 == 2**16 - 1
+    chunk.add(white)
+    assert chunk.image_sum.dtype == np.uint32 and int(chunk.image_sum.max()) == 255 * 258
+    near = 2**32 // 255 - 1
     total = PixelSums(2, near, np.full((2, 2, 3), 255 * near, np.uint32), np.full((3, 3), 255**2 * 4 * near, np.int64))
     shard = PixelSums(2)
-    shard.add(np.full((2, 2, 3), 255, np.uint8))
-    shard.add(np.full((2, 2, 3), 255, np.uint8))
+    shard.add(white)
+    shard.add(white)
     total.merge(shard)
     assert total.image_sum.dtype == np.uint64 and total.count == near + 2
     assert int(total.image_sum[0, 0, 0]) == 255 * (near + 2) and total.channel_sum == [4 * 255 * (near + 2)] * 3
