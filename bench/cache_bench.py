@@ -1,7 +1,7 @@
 """Time to first batch and bytes fetched per node on an s3:// root: this checkout against a baseline git ref.
 
-    python bench/cache_bench.py                          # generated sample build, baseline: main
-    python bench/cache_bench.py shards/ --baseline-ref main --procs 1 4
+    python bench/cache_bench.py                          # generated sample build, baseline: the loader before the cache
+    python bench/cache_bench.py shards/ --baseline-ref 0ebdd3b --procs 1 4
 
 A local S3 server (moto, on 127.0.0.1, behind a counter of the bytes it serves) holds the build. For each code
 (the baseline ref's `pipeline/`, taken with `git archive`, and this checkout's) and each process count N, N
@@ -76,7 +76,8 @@ def one_node(code: str, procs: int, root: str, cache: str) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", nargs="?", help="a local build to serve (default: the generated sample build)")
-    parser.add_argument("--baseline-ref", default="main", help="git ref whose pipeline/ is the baseline")
+    parser.add_argument("--baseline-ref", default="0ebdd3b",
+                        help="git ref whose pipeline/ is the baseline (default: the last commit before the node cache)")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 4], help="ranks per node to measure")
     args = parser.parse_args()
     from s3_server import counting_s3

@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="the generated images instead of real photographs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=600, help="images to use")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best time of each contender counts")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best time of each contender counts")
     args = parser.parse_args()
 
     src = args.src or benchmark_tree(args.limit, args.synthetic)
