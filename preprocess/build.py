@@ -237,9 +237,12 @@ def _run_local(shards: Iterator[ShardPlan], cfg: BuildConfig, out: OutputDir, ba
     assembler = ShardAssembler(out, digests, cfg.size, finished.append)
 
     def chunks():
-        for shard in shards:
+        shard = next(shards, None)
+        while shard is not None:
+            following = next(shards, None)  # one shard ahead, to know which is the last
             digests[shard.split, shard.index] = shard.digest
-            yield from shard.chunks()
+            yield from shard.chunks(finishing_workers=cfg.workers if following is None else 0)
+            shard = following
 
     try:
         with closing(run_chunks(chunks(), cfg, bar.update)) as results:

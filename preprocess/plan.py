@@ -37,8 +37,20 @@ class ShardPlan:
     def name(self) -> str:
         return f"{self.split}/{shard_name(self.split, self.index)}"
 
-    def chunks(self) -> list[ChunkTask]:
-        pieces = [self.rows[i : i + CHUNK_SIZE] for i in range(0, len(self.rows), CHUNK_SIZE)]
+    def chunks(self, finishing_workers: int = 0) -> list[ChunkTask]:
+        """The shard's worker tasks, CHUNK_SIZE images each.
+
+        For the last shard of a build, `finishing_workers` (the pool's size) makes the pieces shrink with the
+        images left (guided scheduling: a piece is at most a (2 * workers)-th of what remains), so the workers
+        run out of work together instead of all but one waiting while it finishes a whole chunk.
+        """
+        pieces, start = [], 0
+        while start < len(self.rows):
+            size = CHUNK_SIZE
+            if finishing_workers > 1:
+                size = min(size, max(1, -(-(len(self.rows) - start) // (2 * finishing_workers))))
+            pieces.append(self.rows[start : start + size])
+            start += size
         return [
             ChunkTask(self.split, self.index, n == len(pieces) - 1, piece, self.split == "train")
             for n, piece in enumerate(pieces)

@@ -253,3 +253,18 @@ def test_follow_links_reads_a_symlink_farm(tmp_path):
         link.symlink_to(path)
     report = build_shards(quick_build_config(src, tmp_path / "out", follow_links=True))
     assert report.written == {"train": 4, "val": 2} and not report.skipped
+
+
+def test_the_last_shard_is_cut_into_shrinking_pieces():
+    """Guided scheduling at the end of a build: every row once, in order, pieces never above CHUNK_SIZE, shrinking
+    to single images, and only the final piece closes the shard."""
+    from preprocess.plan import CHUNK_SIZE, ShardPlan
+
+    rows = tuple((i, f"p{i}", f"r{i}", "n0", 0) for i in range(600))
+    shard = ShardPlan("train", 0, rows, "digest")
+    plain, guided = shard.chunks(), shard.chunks(finishing_workers=2)
+    assert [len(c.items) for c in plain] == [CHUNK_SIZE] * 18 + [600 - 18 * CHUNK_SIZE]
+    sizes = [len(c.items) for c in guided]
+    assert sizes[0] == CHUNK_SIZE and sizes[-1] == 1 and sizes == sorted(sizes, reverse=True)
+    assert [row for c in guided for row in c.items] == list(rows)
+    assert [c.last_in_shard for c in guided] == [False] * (len(guided) - 1) + [True]

@@ -65,8 +65,13 @@ def run(cmd, *, env=None, timeout=240):
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+# A network namespace of its own with only a loopback interface: torch's stores listen on every interface, and
+# nothing a test starts may be reachable from outside the machine.
+LOOPBACK_ONLY = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
 def torchrun(args, *, nproc=2, extra=(), env=None):
-    cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *extra, "trainer/main.py", *args]
+    cmd = [*LOOPBACK_ONLY, TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *extra, "trainer/main.py", *args]
     return run(cmd, env=env)
 
 
@@ -153,12 +158,11 @@ def wait_listening(port: int, node: Node, timeout=60) -> None:
 def two_nodes(args, logs, *, extra=(), env=None, env1=None, wrap1=(), script="trainer/main.py", wait=True):
     """Node 0, then node 1 (with `env1` and command prefix `wrap1`); returns both nodes, finished when `wait`.
 
-    Both run in a network namespace of their own that has only a loopback interface: torch's stores listen on
-    every interface, and nothing a test starts may be reachable from outside.
+    Both run in one loopback-only network namespace (LOOPBACK_ONLY), which node 1 joins.
     """
     port = free_port()
     node0 = Node(args, port=port, node_rank=0, log=os.path.join(logs, "node0.log"), extra=extra, env=env,
-                 script=script, wrap=["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"])
+                 script=script, wrap=LOOPBACK_ONLY)
     wait_listening(port, node0)
     node1 = Node(args, port=port, node_rank=1, log=os.path.join(logs, "node1.log"), extra=extra,
                  env={**(env or {}), **(env1 or {})}, wrap=[*node0.same_network, *wrap1], script=script)
