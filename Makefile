@@ -34,11 +34,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Each script prints ours, a named baseline and the limit, measured in the same run; see README "Performance".
+# Each script prints ours, a named baseline (and a peer or the limit), measured in the same run; see README "Performance".
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess_bench.py
 	$(BIN)/python bench/loader_bench.py
 	$(BIN)/python bench/trainer_bench.py
+	$(BIN)/python bench/ray_bench.py
+	$(BIN)/python bench/plan_memory_bench.py
+	$(BIN)/python bench/cache_bench.py
 ifneq ($(HAS_GPU),)
 	$(BIN)/python bench/gpu_bench.py
 endif

@@ -31,21 +31,34 @@ def process(item: tuple[str, int]) -> tuple[bytes, np.ndarray, int]:
     return buf.getvalue(), np.asarray(img), label
 
 
+class Float64Stats:
+    """The statistics as they are usually written: float64 pixels in [0, 1], summed image by image."""
+
+    def __init__(self):
+        self.mean_image = np.zeros((SIZE, SIZE, 3))
+        self.channel_sum, self.cross_sum, self.count = np.zeros(3), np.zeros((3, 3)), 0
+
+    def add(self, pixels: np.ndarray) -> None:
+        x = pixels.astype(np.float64) / 255.0
+        self.mean_image += x
+        flat = x.reshape(-1, 3)
+        self.channel_sum += flat.sum(axis=0)
+        self.cross_sum += flat.T @ flat
+        self.count += 1
+
+    def result(self) -> dict:
+        n = self.count * SIZE * SIZE
+        mean = self.channel_sum / n
+        covariance = (self.cross_sum - n * np.outer(mean, mean)) / (n - 1)
+        return {"mean": mean, "covariance": covariance, "mean_image": self.mean_image / self.count, "count": self.count}
+
+
 def baseline_build(items: list[tuple[str, int]], out: str, workers: int, shard_size: int = 1000) -> dict:
     """Builds shards of `items` (path, label) under `out`; returns the statistics it computed."""
     os.makedirs(out, exist_ok=True)
-    mean_image = np.zeros((SIZE, SIZE, 3))
-    channel_sum, cross_sum, count = np.zeros(3), np.zeros((3, 3)), 0
+    stats = Float64Stats()
     with Pool(workers) as pool, wds.ShardWriter(os.path.join(out, "train-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
         for i, (jpeg, pixels, label) in enumerate(pool.imap(process, items, chunksize=16)):
             sink.write({"__key__": f"{i:08d}", "jpg": jpeg, "cls": label})
-            x = pixels.astype(np.float64) / 255.0
-            mean_image += x
-            flat = x.reshape(-1, 3)
-            channel_sum += flat.sum(axis=0)
-            cross_sum += flat.T @ flat
-            count += 1
-    n = count * SIZE * SIZE
-    mean = channel_sum / n
-    covariance = (cross_sum - n * np.outer(mean, mean)) / (n - 1)
-    return {"mean": mean, "covariance": covariance, "mean_image": mean_image / count, "count": count}
+            stats.add(pixels)
+    return stats.result()

@@ -9,8 +9,8 @@ Prints what the decoder sees in the files (JPEG bytes and decode cost per pixel,
 pixel); images/s for `preprocess build-shards`, for the baseline (bench/baseline_build.py: PIL + Pool +
 webdataset ShardWriter + float64 statistics), for the peer (bench/opencv_peer.py: img2dataset's OpenCV resize,
 no statistics), and for decoding the same files alone with libjpeg-turbo on the same number of processes (the
-limit); the ratios; the CLI's start-up cost; the per-stage cost per image; and the PSNR of our 256x256 outputs
-and the peer's against the baseline's.
+limit); the ratios; the CLI's start-up cost; the per-stage cost per image; the cost per image of ours and the
+baseline's by the source's size; and the PSNR of our 256x256 outputs and the peer's against the baseline's.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import simplejpeg
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baseline_build import baseline_build  # noqa: E402
+from baseline_build import Float64Stats, baseline_build, process  # noqa: E402
 from opencv_peer import opencv_build  # noqa: E402
 from photos import IMAGENET_BYTES_PER_PIXEL, describe  # noqa: E402
 from samples import benchmark_tree  # noqa: E402
@@ -88,6 +88,34 @@ def stage_costs(paths: list[str], sample: int = 100) -> dict[str, float]:
         t["write"] = timed(lambda: [writer.write(f"{i:08d}", {"jpg": e, "cls": b"1"}) for i, e in enumerate(encoded)])
         writer.finish()
     return {k: 1e3 * v / len(datas) for k, v in t.items()}
+
+
+def costs_by_size(paths: list[str]) -> list[tuple[str, int, float, float]]:
+    """(class, images, ours, baseline) in ms per image on one core, by the short side of the source: where each
+    build's time goes depends on the size mix, and real trees differ from this set in it."""
+    load_kernels()
+    classes = {"small (short side < 256)": [], "typical (256-511)": [], "large (>= 512)": []}
+    for path in paths:
+        with Image.open(path) as img:
+            short = min(img.size)
+        classes[list(classes)[0 if short < 256 else 1 if short < 512 else 2]].append(path)
+
+    def ours(group):
+        sums = PixelSums(256)
+        for path in group:
+            with open(path, "rb") as f:
+                decoded = decode_resize_crop(f.read(), size=256, name=path)
+            sums.add(decoded.pixels)
+            encode_jpeg(decoded.pixels, 90)
+
+    def baseline(group):
+        stats = Float64Stats()
+        for path in group:
+            stats.add(process((path, 0))[1])
+
+    return [(name, len(group), 1e3 * timed(lambda: ours(group)) / len(group),  # noqa: B023 (called at once)
+             1e3 * timed(lambda: baseline(group)) / len(group))  # noqa: B023
+            for name, group in classes.items() if group]  # fmt: skip
 
 
 def psnr_against_baseline(ours_dir: str, baseline_dir: str, order: list[str]) -> tuple[float, float]:
@@ -184,6 +212,11 @@ def main() -> None:
     print("per-stage cost of build-shards, one core, ms per image:")
     for stage, ms in stage_costs(paths).items():
         print(f"  {stage:20s} {ms:6.2f}")
+    print()
+    print("per image, one core, by the source's size (ours: decode+resize+crop, encode, stats; the baseline: its worker's")
+    print("work and its statistics), ms:")
+    for name, count, ours_ms, base_ms in costs_by_size(paths):
+        print(f"  {name:26s} {count:4d} images   ours {ours_ms:6.2f}   baseline {base_ms:6.2f}   {base_ms / ours_ms:.2f}x")
 
 
 if __name__ == "__main__":

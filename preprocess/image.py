@@ -33,6 +33,9 @@ from PIL import Image, UnidentifiedImageError
 Image.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold (about 0.25 GB of RGB)
+# Which pixels this module makes of an input. Raised whenever the same bytes can come out different (the geometry,
+# the filter, the decoder's settings), so that `--resume` rebuilds shards an earlier version made.
+PIXELS_VERSION = 2
 
 _MAGIC_FORMATS = (
     (b"\xff\xd8\xff", "JPEG"),

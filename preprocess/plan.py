@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.contract import FORMAT_VERSION, SPLITS, shard_name
+from preprocess.image import PIXELS_VERSION
 from preprocess.layout import SourceDataset
 from preprocess.parts import plan_digest
 from preprocess.worker import ChunkTask
@@ -63,7 +64,8 @@ class BuildPlan:
     def __init__(self, dataset: SourceDataset, cfg):
         self.dataset, self.shard_size = dataset, cfg.shard_size
         self.settings = {"size": cfg.size, "quality": cfg.quality, "max_pixels": cfg.max_pixels,
-                         "follow_links": cfg.follow_links, "format": FORMAT_VERSION}  # fmt: skip
+                         "follow_links": cfg.follow_links, "format": FORMAT_VERSION,
+                         "pixels": PIXELS_VERSION}  # fmt: skip
         self.orders: dict[str, np.ndarray] = {}
         for split_number, split in enumerate(SPLITS):
             listing = dataset.splits.get(split, [])

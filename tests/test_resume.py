@@ -88,7 +88,8 @@ def test_resume_rebuilds_exactly_the_damaged_and_missing_shards(tiny_source, cle
 
     rebuilt = []
     original = build.ShardPlan.chunks
-    monkeypatch.setattr(build.ShardPlan, "chunks", lambda self: rebuilt.append((self.split, self.index)) or original(self))
+    monkeypatch.setattr(build.ShardPlan, "chunks",
+                        lambda self, **kw: rebuilt.append((self.split, self.index)) or original(self, **kw))  # fmt: skip
     build_shards(quick_build_config(tiny_source, out, shard_size=3, resume=True))
     assert sorted(rebuilt) == [("train", 2), ("val", 1)]
     assert snapshot(out) == snapshot(clean_build)
@@ -108,6 +109,26 @@ def test_resume_with_other_settings_rebuilds_the_affected_shards(tiny_source, tm
     fresh = tmp_path / "fresh"
     build_shards(quick_build_config(tiny_source, fresh, shard_size=3, quality=70))
     assert snapshot(out) == snapshot(fresh)
+
+
+def test_resume_after_the_pixels_change_rebuilds_every_shard(tiny_source, clean_build, tmp_path, monkeypatch):
+    """Shards that an earlier version of the per-image code made are not mixed into a build by a newer one."""
+    import preprocess.build as build
+    import preprocess.plan as plan
+
+    out = tmp_path / "older"
+    with monkeypatch.context() as patch:
+        patch.setattr(plan, "PIXELS_VERSION", plan.PIXELS_VERSION - 1)
+        patch.setattr(build, "_publish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            build_shards(quick_build_config(tiny_source, out, shard_size=3))
+    rebuilt = []
+    original = build.ShardPlan.chunks
+    monkeypatch.setattr(build.ShardPlan, "chunks",
+                        lambda self, **kw: rebuilt.append((self.split, self.index)) or original(self, **kw))  # fmt: skip
+    build_shards(quick_build_config(tiny_source, out, shard_size=3, resume=True))
+    assert len(rebuilt) == len(list(out.glob("*/*.tar"))) > 2
+    assert snapshot(out) == snapshot(clean_build)
 
 
 def test_a_second_builder_fails_fast_on_the_lock(tiny_source, tmp_path):
