@@ -21,10 +21,11 @@ __all__ = ["PixelSums", "finalize", "max_images"]
 # a worker's chunk (a quarter of uint64's memory to add into and to send), uint32 for a shard, uint64 for a
 # build. Widening happens as counts grow, so any number of images (up to max_images) sums exactly.
 _SUM_TYPES = (np.uint16, np.uint32, np.uint64)
+_HOLDS = {np.dtype(t): np.iinfo(t).max // 255 for t in _SUM_TYPES}  # images each type sums exactly
 
 
 def _sum_type(count: int) -> type:
-    return next(t for t in _SUM_TYPES if count <= np.iinfo(t).max // 255)
+    return next(t for t in _SUM_TYPES if count <= _HOLDS[np.dtype(t)])
 
 
 def max_images(size: int) -> int:
@@ -69,9 +70,8 @@ class PixelSums:
         self.cross_sum += other.cross_sum
 
     def _widen(self, count: int) -> None:
-        needed = _sum_type(count)
-        if np.iinfo(needed).max > np.iinfo(self.image_sum.dtype).max:
-            self.image_sum = self.image_sum.astype(needed)
+        if count > _HOLDS[self.image_sum.dtype]:
+            self.image_sum = self.image_sum.astype(_sum_type(count))
 
     def _check_room(self, more: int) -> None:
         if self.count + more > max_images(self.size):
