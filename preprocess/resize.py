@@ -43,16 +43,21 @@ def resize_window(pixels: np.ndarray, extent: tuple[float, float], resized: tupl
         raise ValueError(f"window {window} is not inside the resized {resized[0]}x{resized[1]} image")
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or 0 in pixels.shape:
         raise ValueError(f"expected a non-empty uint8 [H, W] or [H, W, C] image, got {pixels.dtype} {pixels.shape}")
-    in_h, in_w = pixels.shape[:2]
-    source = np.ascontiguousarray(pixels.reshape(in_h, in_w, -1))
-    y_start, y_count, y_weights = _coefficients(in_h, extent[1] / resized[1], top, height)
-    x_start, x_count, x_weights = _coefficients(in_w, extent[0] / resized[0], left, width)
+    source = np.ascontiguousarray(pixels.reshape(pixels.shape[0], pixels.shape[1], -1))
+    out = _resize(source, extent[0] / resized[0], extent[1] / resized[1], left, top, width, height)
+    return out.reshape((height, width) + pixels.shape[2:])
+
+
+@njit(**_JIT)
+def _resize(source, x_scale, y_scale, left, top, width, height):
+    """The two passes, vertical first, in one compiled call."""
+    y_start, y_count, y_weights = _coefficients(source.shape[0], y_scale, top, height)
+    x_start, x_count, x_weights = _coefficients(source.shape[1], x_scale, left, width)
     x_first, x_last = x_start[0], x_start[-1] + x_count[-1]  # the source columns the window needs
     channels = source.shape[2]
     between = 4 if channels == 3 else channels  # RGB travels as RGBX between the passes: a pixel is one store
     columns = _mix_rows_transposed(source, y_start, y_count, y_weights, x_first, x_last, between)  # [x, y, .]
-    out = _mix_rows_transposed(columns, x_start - x_first, x_count, x_weights, 0, height, channels)  # [y, x, C]
-    return out.reshape((height, width) + pixels.shape[2:])
+    return _mix_rows_transposed(columns, x_start - x_first, x_count, x_weights, 0, height, channels)  # [y, x, C]
 
 
 @njit(**_JIT)
