@@ -131,17 +131,16 @@ def _resize_crop(pixels: np.ndarray, original_size: tuple[int, int], size: int) 
     from preprocess.resize import resize_window
 
     resized, window = center_crop_geometry(*original_size, size)
-    factor = _scale_factor(original_size, pixels.shape[1], pixels.shape[0])
-    extent = (original_size[0] / factor, original_size[1] / factor)
-    return resize_window(pixels, extent, resized, window)
+    return resize_window(pixels, _extent(original_size, pixels.shape[1], pixels.shape[0]), resized, window)
 
 
-def _scale_factor(original_size: tuple[int, int], width: int, height: int) -> int:
-    """The DCT scale 1/f a decoder used: f pixels of the source per decoded pixel, the last block partial."""
+def _extent(original_size: tuple[int, int], width: int, height: int) -> tuple[float, float]:
+    """The source's size in the units of a width x height decode of it. At DCT scale 1/f a decoder makes ceil(w / f)
+    pixels, the last covering a partial block: the source spans w / f of them, not ceil(w / f)."""
     for factor in (1, 2, 4, 8):
         if (-(-original_size[0] // factor), -(-original_size[1] // factor)) == (width, height):
-            return factor
-    raise ValueError(f"a {width}x{height} decode of a {original_size[0]}x{original_size[1]} image is no DCT scale of it")
+            return original_size[0] / factor, original_size[1] / factor
+    return float(width), float(height)  # no DCT scale: the decode covers the image exactly
 
 
 def dct_factor(width: int, height: int, size: int) -> int:

@@ -19,6 +19,8 @@ the transposed rows, only sees the rows that are kept.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
 
@@ -28,6 +30,7 @@ PRECISION_BITS = 22  # 32 bits - 8 for the pixel value - 2 for weights above 1 a
 _HALF = 1 << (PRECISION_BITS - 1)
 _JIT = dict(nogil=True, boundscheck=False, cache=True)
 _BLOCK = 16  # output rows made before they are written out transposed
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the RGB -> RGBX step assembles a pixel's bytes into one uint32
 
 
 def resize_window(pixels: np.ndarray, extent: tuple[float, float], resized: tuple[int, int],
@@ -55,7 +58,7 @@ def _resize(source, x_scale, y_scale, left, top, width, height):
     x_start, x_count, x_weights = _coefficients(source.shape[1], x_scale, left, width)
     x_first, x_last = x_start[0], x_start[-1] + x_count[-1]  # the source columns the window needs
     channels = source.shape[2]
-    between = 4 if channels == 3 else channels  # RGB travels as RGBX between the passes: a pixel is one store
+    between = 4 if channels == 3 and _LITTLE_ENDIAN else channels  # RGB travels as RGBX between the passes
     columns = _mix_rows_transposed(source, y_start, y_count, y_weights, x_first, x_last, between)  # [x, y, .]
     return _mix_rows_transposed(columns, x_start - x_first, x_count, x_weights, 0, height, channels)  # [y, x, C]
 
@@ -127,7 +130,7 @@ def _mix_rows_transposed(rows, start, count, weights, first, last, channels):
             if width == 4 and channels == 4:
                 for b in range(n):
                     out32[to + b] = block32[b * columns + j]
-            elif width == 3 and channels == 4:  # little-endian: byte 0 is the first channel
+            elif width == 3 and channels == 4:  # little-endian (checked by the caller): byte 0 is the first
                 for b in range(n):
                     p = b * span + at
                     out32[to + b] = np.uint32(block[p]) | (np.uint32(block[p + 1]) << 8) | (np.uint32(block[p + 2]) << 16)

@@ -53,9 +53,7 @@ def load_kernels() -> None:
 
     from preprocess.resize import resize_window
 
-    pixels = np.zeros((4, 6, 3), np.uint8)
-    PixelSums(2).add(resize_window(pixels, (6, 4), (3, 2), (0, 0, 2, 2)))
-    resize_window(resize_window(pixels, (6, 4), (3, 2), (0, 0, 3, 2)), (3, 2), (1, 1), (0, 0, 1, 1))
+    PixelSums(2).add(resize_window(np.zeros((4, 6, 3), np.uint8), (6.0, 4.0), (3, 2), (0, 0, 2, 2)))
 
 
 def init_worker(src: str, size: int, quality: int, max_pixels: int, follow_links: bool, own_process: bool = True) -> None:
