@@ -109,11 +109,16 @@ def _mix_rows_transposed(rows, start, count, weights, first, last, channels):
     width = rows.shape[2]
     span, columns, rows_out = (last - first) * width, last - first, len(start)
     out = np.empty((columns, rows_out, channels), np.uint8)
-    acc = np.empty(span, np.int32)
-    block = np.empty(_BLOCK * span, np.uint8)  # rows of output pixels, in the input's layout
-    block32 = block.view(np.uint32) if width == 4 else np.empty(0, np.uint32)
-    out32 = out.reshape(-1).view(np.uint32) if channels == 4 else np.empty(0, np.uint32)
     flat = out.reshape(-1)
+    quad = width == 4 or channels == 4  # the block holds 4-byte pixels, moved as one uint32 each
+    pixel = 4 if quad else width
+    acc = np.empty(span, np.int32)
+    clipped = np.empty(span, np.uint8)
+    block = np.empty(_BLOCK * columns * pixel, np.uint8)  # a block of output rows, `pixel` bytes a pixel
+    block32 = block.view(np.uint32) if quad else np.empty(0, np.uint32)
+    out32 = flat.view(np.uint32) if channels == 4 else np.empty(0, np.uint32)
+    run32 = np.empty(_BLOCK, np.uint32)  # one column's run of the block, on its way to a 3-byte output
+    run = run32.view(np.uint8)
     for i0 in range(0, rows_out, _BLOCK):
         n = min(_BLOCK, rows_out - i0)
         for b in range(n):
@@ -123,23 +128,30 @@ def _mix_rows_transposed(rows, start, count, weights, first, last, channels):
                 weight = weights[i0 + b, k]
                 for j in range(span):
                     acc[j] += np.int32(line[j]) * weight
-            for j in range(span):
-                block[b * span + j] = _clip8(acc[j])
+            row = block[b * columns * pixel : (b + 1) * columns * pixel]
+            if width == pixel:
+                for j in range(span):
+                    row[j] = _clip8(acc[j])
+            else:  # 3 -> 4: clip, then spread (two loops LLVM vectorizes; one doing both it does not)
+                for j in range(span):
+                    clipped[j] = _clip8(acc[j])
+                for j in range(columns):
+                    row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3] = (
+                        clipped[3 * j], clipped[3 * j + 1], clipped[3 * j + 2], 0
+                    )
         for j in range(columns):
-            at, to = j * width, j * rows_out + i0
-            if width == 4 and channels == 4:
+            to = j * rows_out + i0
+            if quad and channels == 4:
                 for b in range(n):
                     out32[to + b] = block32[b * columns + j]
-            elif width == 3 and channels == 4:  # little-endian (checked by the caller): byte 0 is the first
+            elif quad:  # 4 -> 3: gather the column's run as uint32s, then pack it to 3 bytes a pixel
                 for b in range(n):
-                    p = b * span + at
-                    out32[to + b] = np.uint32(block[p]) | (np.uint32(block[p + 1]) << 8) | (np.uint32(block[p + 2]) << 16)
-            elif width == 4 and channels == 3:
+                    run32[b] = block32[b * columns + j]
+                packed = flat[3 * to : 3 * (to + n)]
                 for b in range(n):
-                    p, q = b * span + at, (to + b) * 3
-                    flat[q], flat[q + 1], flat[q + 2] = block[p], block[p + 1], block[p + 2]
+                    packed[3 * b], packed[3 * b + 1], packed[3 * b + 2] = run[4 * b], run[4 * b + 1], run[4 * b + 2]
             else:
                 for b in range(n):
                     for c in range(channels):
-                        out[j, i0 + b, c] = block[b * span + at + c]
+                        out[j, i0 + b, c] = block[(b * columns + j) * pixel + c]
     return out
