@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from trainer_fixtures import TINY, TORCHRUN, Node, check, run, two_nodes
+from trainer_fixtures import TINY, Node, check, torchrun, two_nodes
 
 from trainer.metrics import read_metrics
 
@@ -33,8 +33,7 @@ def shards(tiny_build):
 @pytest.fixture(scope="module")
 def one_node(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("one-node")
-    loopback_only = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    check(run([*loopback_only, TORCHRUN, "--standalone", "--nproc_per_node=4", "trainer/main.py", *_args(shards, out)]))
+    check(torchrun(_args(shards, out), nproc=4))  # one launcher of 4 ranks, loopback-only as the two nodes are
     return out
 
 
