@@ -4,6 +4,7 @@
     python bench/preprocess_bench.py --synthetic     # the generated images instead, to see how figures differ
     python bench/preprocess_bench.py /data/imagenet  # any imagenet/kaggle layout: its train split is used
     python bench/preprocess_bench.py --workers 2 --limit 2000
+    python bench/preprocess_bench.py --keep-large 10   # ImageNet's share of large images instead of a tenth
 
 Prints what the decoder sees in the files (JPEG bytes and decode cost per pixel, next to ImageNet's bytes per
 pixel); images/s for `preprocess build-shards`, for the baseline (bench/baseline_build.py: PIL + Pool +
@@ -90,15 +91,22 @@ def stage_costs(paths: list[str], sample: int = 100) -> dict[str, float]:
     return {k: 1e3 * v / len(datas) for k, v in t.items()}
 
 
+LARGE = 512  # short side from which an image counts as large (a couple of percent of ImageNet, a tenth of our set)
+
+
+def short_side(path: str) -> int:
+    with Image.open(path) as img:
+        return min(img.size)
+
+
 def costs_by_size(paths: list[str]) -> list[tuple[str, int, float, float]]:
     """(class, images, ours, baseline) in ms per image on one core, by the short side of the source: where each
     build's time goes depends on the size mix, and real trees differ from this set in it."""
     load_kernels()
     classes = {"small (short side < 256)": [], "typical (256-511)": [], "large (>= 512)": []}
     for path in paths:
-        with Image.open(path) as img:
-            short = min(img.size)
-        classes[list(classes)[0 if short < 256 else 1 if short < 512 else 2]].append(path)
+        short = short_side(path)
+        classes[list(classes)[0 if short < 256 else 1 if short < LARGE else 2]].append(path)
 
     def ours(group):
         sums = PixelSums(256)
@@ -159,11 +167,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=600, help="images to use")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best time of each contender counts")
+    parser.add_argument("--keep-large", type=int, default=None, metavar="N",
+                        help=f"drop all but the first N images with a short side >= {LARGE} (ImageNet's own share of "
+                             "large images is a couple of percent)")  # fmt: skip
     args = parser.parse_args()
 
     src = args.src or benchmark_tree(args.limit, args.synthetic)
     dataset = discover(src, with_val=False)
     items = dataset.splits["train"][: args.limit]
+    if args.keep_large is not None:
+        large = [i for i, item in enumerate(items) if short_side(item.path) >= LARGE]
+        dropped = set(large[args.keep_large :])
+        items = [item for i, item in enumerate(items) if i not in dropped]
     paths = [i.path for i in items]
     relpaths = [f"train/{i.wnid}/{os.path.basename(i.path)}" for i in items]  # as in the linked tree
     for p in paths:  # warm the page cache for every contender alike
