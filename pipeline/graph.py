@@ -33,7 +33,15 @@ from pipeline.kernels import finish_in_graph, kernel_params, tie_params
 from pipeline.lighting import draw_alphas, lighting_basis
 from pipeline.sharding import DistInfo
 from pipeline.sources import ShardSet
-from pipeline.windows import center_start, decode_image, decode_window, random_resized_window, start_node, translate_window
+from pipeline.windows import (
+    band_window,
+    center_start,
+    decode_image,
+    decode_window,
+    random_resized_window,
+    start_node,
+    translate_window,
+)
 
 __all__ = ["build_pipeline", "READER_NAME", "augmentation_seed"]
 
@@ -85,10 +93,10 @@ def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normaliza
         return ten_crops(decode_image(jpegs, decoder), norm, plan, size=size, crop=crop), ()
     if plan.window == "center":
         mid = center_start(size, crop)
-        crops = decode_window(jpegs, [mid, mid], [crop, crop], decoder)  # -> uint8 HWC
         if plan.finisher == TORCH:
-            return crops, ()  # the TorchFinisher's defaults: the center, unflipped, unlit
-        return finish_in_graph(crops, start=[mid, mid], params=params, layout=plan.layout), ()
+            return decode_window(jpegs, [mid, mid], [crop, crop], decoder), ()  # the TorchFinisher's defaults
+        bands = decode_window(jpegs, *band_window([mid, mid], crop, size), decoder)
+        return finish_in_graph(bands, start=[mid, mid], width=crop, params=params, layout=plan.layout), ()
     alphas = draw_alphas(cfg.lighting_std) if plan.lighting else None
     if plan.window == "random_resized":
         mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
@@ -98,10 +106,12 @@ def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normaliza
                                      alphas=alphas), ()  # fmt: skip
     mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32, shape=[1])
     start, shape = translate_window(size, crop)
-    crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
     if plan.finisher == TORCH:
+        crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
         return crops, tuple(node.gpu() for node in (start_node(start), mirror, alphas) if node is not None)
-    return finish_in_graph(crops, start=start, mirror=mirror, alphas=alphas, params=params, layout=plan.layout), ()
+    bands = decode_window(jpegs, *band_window(start, crop, size), decoder)
+    return finish_in_graph(bands, start=start, width=crop, mirror=mirror, alphas=alphas, params=params,
+                           layout=plan.layout), ()  # fmt: skip
 
 
 def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):

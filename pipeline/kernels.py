@@ -6,6 +6,10 @@ mean image at the crop's window, adds the lighting shift (`pipeline.lighting`), 
 writes float32. It runs inside the graph through DALI's numba plugin, so DALI's worker threads run it per sample
 right after the decode, while the crop is still in cache, and no third thread competes for the cores.
 
+The kernel takes the crop's whole rows (a band of the image, `pipeline.windows.band_window`) and reads the crop's
+columns itself: DALI's CPU decoder crops columns by copying every decoded row once more, a copy whose speed
+depended on where the decoder's buffers happened to lie, and so differed between threads and processes.
+
 Flips without a flipped read of the mean: output column j of a mirrored crop is source column w-1-j, whose mean
 value sits at column S-w-x+j of the mirrored mean image, so the mean row and the output row are both walked
 forwards and only the uint8 source is read backwards. Backward indices are unsigned: numba adds a negative-index
@@ -69,16 +73,16 @@ def params_handle(params: KernelParams) -> np.ndarray:
 
 
 @njit(**_JIT)
-def _row(src, m0, m1, m2, o0, o1, o2, a0, a1, a2, s0, s1, s2, width):  # pragma: no cover - compiled
+def _row(src, base, m0, m1, m2, o0, o1, o2, a0, a1, a2, s0, s1, s2, width):  # pragma: no cover - compiled
     for j in range(width):
-        o0[j] = (np.float32(src[3 * j]) - m0[j] + a0) * s0
-        o1[j] = (np.float32(src[3 * j + 1]) - m1[j] + a1) * s1
-        o2[j] = (np.float32(src[3 * j + 2]) - m2[j] + a2) * s2
+        o0[j] = (np.float32(src[base + 3 * j]) - m0[j] + a0) * s0
+        o1[j] = (np.float32(src[base + 3 * j + 1]) - m1[j] + a1) * s1
+        o2[j] = (np.float32(src[base + 3 * j + 2]) - m2[j] + a2) * s2
 
 
 @njit(**_JIT)
-def _row_mirrored(src, m0, m1, m2, o0, o1, o2, a0, a1, a2, s0, s1, s2, width):  # pragma: no cover - compiled
-    last = 3 * (width - 1)
+def _row_mirrored(src, base, m0, m1, m2, o0, o1, o2, a0, a1, a2, s0, s1, s2, width):  # pragma: no cover - compiled
+    last = base + 3 * (width - 1)
     one, two = np.uint64(1), np.uint64(2)
     for j in range(width):
         k = np.uint64(last - 3 * j)
@@ -88,19 +92,21 @@ def _row_mirrored(src, m0, m1, m2, o0, o1, o2, a0, a1, a2, s0, s1, s2, width):  
 
 
 @njit(**_JIT)
-def finish_crop(out, crop, y, x, mirror, shift, params):  # pragma: no cover - compiled
-    """out[c] = (flip(crop)[c] - flip(mean window at (y, x))[c] + shift[c]) * scale[c].
+def finish_crop(out, band, y, x, mirror, shift, params):  # pragma: no cover - compiled
+    """out[c] = (flip(crop)[c] - flip(mean window at (y, x))[c] + shift[c]) * scale[c], crop = band[:, x : x + w].
 
-    out: float32 [3, h, w], any strides (a channels-last output is passed as its CHW view); crop: uint8 [h, w, 3]
-    C-contiguous, the unflipped window at (y, x) of an S x S image; shift: float32 [3], the lighting shift;
-    params: a `KernelParams`.
+    out: float32 [3, h, w], any strides (a channels-last output is passed as its CHW view); band: uint8 [h, S, 3]
+    C-contiguous, rows y..y+h of the S x S image; shift: float32 [3], the lighting shift; params: a `KernelParams`.
     """
-    height, width = crop.shape[0], crop.shape[1]
-    a0, a1, a2 = np.float32(shift[0]), np.float32(shift[1]), np.float32(shift[2])  # float32 arithmetic on every path
-    s0, s1, s2 = params.scale[0], params.scale[1], params.scale[2]
+    height, width = out.shape[1], out.shape[2]
     planes = params.mean_planes
     size = planes.shape[3]
-    rows = crop.reshape((height, width * 3))
+    if band.shape[0] != height or band.shape[1] != size:
+        raise ValueError("finish_crop: the band must hold the output's rows, each the image's whole width")
+    base = 3 * x  # the crop's first byte in each band row
+    a0, a1, a2 = np.float32(shift[0]), np.float32(shift[1]), np.float32(shift[2])  # float32 arithmetic on every path
+    s0, s1, s2 = params.scale[0], params.scale[1], params.scale[2]
+    rows = band.reshape((height, size * 3))
     flip = mirror != 0
     side = 1 if flip else 0
     if flip:
@@ -108,14 +114,14 @@ def finish_crop(out, crop, y, x, mirror, shift, params):  # pragma: no cover - c
     mean = planes[side]
     layout = stream_layout(out)
     if layout != NOT_STREAMED:
-        finish_streaming(out, layout, rows, y, x, flip, mean, a0, a1, a2, s0, s1, s2)
+        finish_streaming(out, layout, rows, base, y, x, flip, mean, a0, a1, a2, s0, s1, s2)
         return
     for r in range(height):
         m0, m1, m2 = mean[0, y + r, x : x + width], mean[1, y + r, x : x + width], mean[2, y + r, x : x + width]
         if flip:
-            _row_mirrored(rows[r], m0, m1, m2, out[0, r], out[1, r], out[2, r], a0, a1, a2, s0, s1, s2, width)
+            _row_mirrored(rows[r], base, m0, m1, m2, out[0, r], out[1, r], out[2, r], a0, a1, a2, s0, s1, s2, width)
         else:
-            _row(rows[r], m0, m1, m2, out[0, r], out[1, r], out[2, r], a0, a1, a2, s0, s1, s2, width)
+            _row(rows[r], base, m0, m1, m2, out[0, r], out[1, r], out[2, r], a0, a1, a2, s0, s1, s2, width)
 
 
 # The DALI operator ---------------------------------------------------------------------------------------------------
@@ -145,39 +151,46 @@ def _params_at(handle):  # pragma: no cover - compiled
 
 
 @njit(**_JIT)
-def _finish_sample(out_chw, crop, start, mirror, alphas, handle):  # pragma: no cover - compiled
+def _finish_sample(out_chw, band, start, mirror, alphas, handle):  # pragma: no cover - compiled
     """One sample as DALI hands it over: the parameters by handle, the lighting shift from the alphas."""
     params = _params_at(handle)
     shift = _lighting_shift(alphas, params.lighting)[0]
-    finish_crop(out_chw, crop, start[0], start[1], mirror[0], shift, params)
+    finish_crop(out_chw, band, start[0], start[1], mirror[0], shift, params)
 
 
-def _run_chw(out, crop, start, mirror, alphas, handle):  # pragma: no cover - compiled by the plugin
-    _finish_sample(out, crop, start, mirror, alphas, handle)
+def _run_chw(out, band, start, mirror, alphas, handle):  # pragma: no cover - compiled by the plugin
+    _finish_sample(out, band, start, mirror, alphas, handle)
 
 
-def _run_hwc(out, crop, start, mirror, alphas, handle):  # pragma: no cover - compiled by the plugin
-    _finish_sample(out.transpose((2, 0, 1)), crop, start, mirror, alphas, handle)
+def _run_hwc(out, band, start, mirror, alphas, handle):  # pragma: no cover - compiled by the plugin
+    _finish_sample(out.transpose((2, 0, 1)), band, start, mirror, alphas, handle)
 
 
-def _shape_chw(outs, ins):  # pragma: no cover - compiled by the plugin
-    for i in range(len(outs[0])):
-        outs[0][i][0], outs[0][i][1], outs[0][i][2] = 3, ins[0][i][0], ins[0][i][1]
+def _shape_function(layout: str, width: int):
+    """The operator's output shapes: the input's rows, `width` columns, 3 channels in `layout`."""
+    if layout == "CHW":
+
+        def shape(outs, ins):  # pragma: no cover - compiled by the plugin
+            for i in range(len(outs[0])):
+                outs[0][i][0], outs[0][i][1], outs[0][i][2] = 3, ins[0][i][0], width
+
+    else:
+
+        def shape(outs, ins):  # pragma: no cover - compiled by the plugin
+            for i in range(len(outs[0])):
+                outs[0][i][0], outs[0][i][1], outs[0][i][2] = ins[0][i][0], width, 3
+
+    return shape
 
 
-def _shape_hwc(outs, ins):  # pragma: no cover - compiled by the plugin
-    for i in range(len(outs[0])):
-        outs[0][i][0], outs[0][i][1], outs[0][i][2] = ins[0][i][0], ins[0][i][1], 3
-
-
-_OPERATORS: dict[str, object] = {}
+_OPERATORS: dict[tuple[str, int], object] = {}
 _IN_USE: dict[int, KernelParams] = {}  # id(pipeline) -> the parameters its kernel reads
 
 
-def finish_in_graph(crops, *, start, mirror=None, alphas=None, params: KernelParams, layout: str = "CHW"):
-    """The kernel as a node of a CPU graph, over uint8 HWC crops. `start`: int32 [2] node or [y, x]; `mirror`:
-    int32 [1] per sample; `alphas`: float [1, 3]; `params` must be tied to the pipeline (`tie_params`).
-    -> float32 [3, h, w] (or HWC)"""
+def finish_in_graph(bands, *, start, width: int, mirror=None, alphas=None, params: KernelParams, layout: str = "CHW"):
+    """The kernel as a node of a CPU graph, over uint8 HWC bands (each crop's whole rows, [h, S, 3]). `start`: the
+    crops' windows, int32 [2] node or [y, x]; `width`: the crops' width w; `mirror`: int32 [1] per sample; `alphas`:
+    float [1, 3]; `params` must be tied to the pipeline (`tie_params`). -> float32 [3, h, w] (or HWC)"""
     from nvidia.dali import types as dali_types
 
     from pipeline.windows import start_node
@@ -186,7 +199,7 @@ def finish_in_graph(crops, *, start, mirror=None, alphas=None, params: KernelPar
     start = start_node(start)
     mirror = dali_types.Constant(np.zeros(1, np.int32)) if mirror is None else mirror
     alphas = dali_types.Constant(np.zeros((1, 3), np.float32)) if alphas is None else alphas
-    return finishing_operator(layout)(crops, start, mirror, alphas, handle)
+    return finishing_operator(layout, width)(bands, start, mirror, alphas, handle)
 
 
 def tie_params(pipe, params: KernelParams) -> None:
@@ -196,18 +209,18 @@ def tie_params(pipe, params: KernelParams) -> None:
     weakref.finalize(pipe, _IN_USE.pop, id(pipe), None)
 
 
-def finishing_operator(layout: str):
-    """The DALI CPU operator (crop uint8 [h, w, 3], start int32 [2], mirror int32 [1], lighting alphas float [1, 3],
-    parameters' handle int64 [4]) -> float32 [3, h, w] ("CHW") or [h, w, 3] ("HWC"). Compiled once per process and
-    layout and shared by every pipeline: the parameters come as an input, not as constants compiled in."""
-    if layout not in _OPERATORS:
+def finishing_operator(layout: str, width: int):
+    """The DALI CPU operator (band uint8 [h, S, 3], start int32 [2], mirror int32 [1], lighting alphas float [1, 3],
+    parameters' handle int64 [4]) -> float32 [3, h, width] ("CHW") or [h, width, 3] ("HWC"). Compiled once per
+    process, layout and width, and shared by every pipeline: the parameters come as an input, not as constants."""
+    if (layout, width) not in _OPERATORS:
         from nvidia.dali import types as dali_types
         from nvidia.dali.plugin.numba.experimental import NumbaFunction
 
-        run, shape = (_run_chw, _shape_chw) if layout == "CHW" else (_run_hwc, _shape_hwc)
-        _OPERATORS[layout] = NumbaFunction(
-            run_fn=run, setup_fn=shape, out_types=[dali_types.FLOAT], outs_ndim=[3],
+        _OPERATORS[layout, width] = NumbaFunction(
+            run_fn=_run_chw if layout == "CHW" else _run_hwc, setup_fn=_shape_function(layout, width),
+            out_types=[dali_types.FLOAT], outs_ndim=[3],
             in_types=[dali_types.UINT8, dali_types.INT32, dali_types.INT32, dali_types.FLOAT, dali_types.INT64],
             ins_ndim=[3, 1, 1, 2, 1], device="cpu",
         )  # fmt: skip
-    return _OPERATORS[layout]
+    return _OPERATORS[layout, width]

@@ -107,13 +107,13 @@ def stream_layout(out) -> int:  # pragma: no cover - compiled
 
 
 @njit(**_JIT)
-def finish_streaming(out, layout, rows, y, x, flip, mean, a0, a1, a2, s0, s1, s2):  # pragma: no cover - compiled
+def finish_streaming(out, layout, rows, base, y, x, flip, mean, a0, a1, a2, s0, s1, s2):  # pragma: no cover - compiled
     width = out.shape[2]
     for r in range(out.shape[1]):
         m0, m1, m2, src = mean[0, y + r], mean[1, y + r], mean[2, y + r], rows[r]
         o0, o1, o2 = out[0, r], out[1, r], out[2, r]
         for j in range(0, width, 16):
-            s_off = 3 * (width - 16 - j) if flip else 3 * j
+            s_off = base + (3 * (width - 16 - j) if flip else 3 * j)
             if layout == CHW and flip:
                 _stream_chw_mirrored(src, s_off, m0, m1, m2, x + j, o0, o1, o2, j, a0, a1, a2, s0, s1, s2)
             elif layout == CHW:

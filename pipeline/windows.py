@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["IMAGE_SIZE", "center_start", "ten_crop_windows", "translate_window", "random_resized_window", "start_node",
-           "decode_window", "decode_image"]  # fmt: skip
+import numpy as np
+
+__all__ = ["IMAGE_SIZE", "center_start", "ten_crop_windows", "translate_window", "random_resized_window", "band_window",
+           "start_node", "decode_window", "decode_image"]  # fmt: skip
 
 IMAGE_SIZE = 256  # the paper's (and build-shards' default) image side; builds say theirs in manifest image_size
 
@@ -59,9 +61,19 @@ def _uniform_below(count):
     return fn.cast(fn.random.uniform(range=[0.0, 1.0]) * fn.cast(count, dtype=types.FLOAT), dtype=types.INT32)
 
 
+def band_window(start, crop: int, size: int):
+    """The whole rows of a square crop's window (start [y, x], a list or an int32 [2] node) in an image of side
+    `size`: (start [y, 0], shape [crop, size]). The CPU kernel reads the crop's columns from them itself, because
+    DALI's CPU decoder crops columns by copying each decoded row once more (`pipeline.kernels`)."""
+    from nvidia.dali import types
+
+    if isinstance(start, list):
+        return [start[0], 0], [crop, size]
+    return start * types.Constant(np.array([1, 0], np.int32)), [crop, size]
+
+
 def start_node(start):
     """A window start as a graph node: fixed starts ([y, x] lists) become int32 constants. -> int32 [2]"""
-    import numpy as np
     from nvidia.dali import types
 
     return types.Constant(np.asarray(start, np.int32)) if isinstance(start, list) else start

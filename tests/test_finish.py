@@ -38,7 +38,9 @@ def reference(crops, mean_chw, starts, mirrors, shifts, scale) -> np.ndarray:
 
 
 def random_case(rng, count: int, crop: int, channel: bool):
-    crops = rng.integers(0, 256, (count, crop, crop, 3), dtype=np.uint8)
+    """(bands: each crop's whole rows [count, crop, SIZE, 3], as the CPU graph decodes them, starts, mirrors, alphas,
+    normalization)."""
+    bands = rng.integers(0, 256, (count, crop, SIZE, 3), dtype=np.uint8)
     starts = rng.integers(0, SIZE - crop + 1, (count, 2)).astype(np.int32)
     starts[0] = (0, SIZE - crop)  # the windows' extremes
     starts[-1] = (SIZE - crop, 0)
@@ -52,17 +54,23 @@ def random_case(rng, count: int, crop: int, channel: bool):
     else:
         mean_image = (rng.random((SIZE, SIZE, 3)) * 255).astype(np.float32)  # not symmetric: a wrong flip shows
         norm = Normalization(mean_image, np.zeros(3, np.float32), np.ones(3, np.float32), eigval, eigvec)
-    return crops, starts, mirrors, alphas, norm
+    return bands, starts, mirrors, alphas, norm
 
 
-def run_kernel(crops, starts, mirrors, shifts, norm, channels_last: bool) -> np.ndarray:
+def crops_of(bands, starts) -> np.ndarray:
+    """The crops (square windows) that the bands' rows hold at `starts`: what the GPU graph decodes."""
+    crop = bands.shape[1]
+    return np.stack([band[:, x : x + crop] for band, (_, x) in zip(bands, starts, strict=True)])
+
+
+def run_kernel(bands, starts, mirrors, shifts, norm, channels_last: bool) -> np.ndarray:
     """The kernel over a batch, as DALI calls it per sample (channels-last output through its CHW view)."""
     params = kernel_params(mean_planes(norm, SIZE), 1.0 / norm.std)  # shifts given directly: no lighting basis
-    count, h, w, _ = crops.shape
-    out = np.full((count, h, w, 3) if channels_last else (count, 3, h, w), np.nan, np.float32)
+    count, h = bands.shape[:2]
+    out = np.full((count, h, h, 3) if channels_last else (count, 3, h, h), np.nan, np.float32)
     for i in range(count):
         view = out[i].transpose(2, 0, 1) if channels_last else out[i]
-        finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i].astype(np.float32), params)
+        finish_crop(view, bands[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i].astype(np.float32), params)
     return out.transpose(0, 3, 1, 2) if channels_last else out
 
 
@@ -71,11 +79,12 @@ def run_kernel(crops, starts, mirrors, shifts, norm, channels_last: bool) -> np.
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channels_last):
     rng = np.random.default_rng(crop + 2 * channel)
-    crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
+    bands, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
+    crops = crops_of(bands, starts)
     shifts = alphas @ lighting_basis(norm.eigval, norm.eigvec)
     expected = reference(crops, mean_planes(norm, SIZE), starts, mirrors, shifts, 1.0 / norm.std.astype(np.float64))
 
-    np.testing.assert_allclose(run_kernel(crops, starts, mirrors, shifts, norm, channels_last), expected, atol=1e-3)
+    np.testing.assert_allclose(run_kernel(bands, starts, mirrors, shifts, norm, channels_last), expected, atol=1e-3)
 
     cfg = LoaderConfig(device="cpu", crop_size=crop, channels_last=channels_last)
     finisher = TorchFinisher(norm, cfg, torch.device("cpu"), SIZE)
@@ -88,7 +97,8 @@ def test_cpu_kernel_and_torch_version_match_the_reference(crop, channel, channel
 
 def test_torch_val_defaults_are_the_unflipped_unlit_center_window():
     rng = np.random.default_rng(5)
-    crops, _, _, _, norm = random_case(rng, 3, 224, channel=False)
+    bands, starts, _, _, norm = random_case(rng, 3, 224, channel=False)
+    crops = crops_of(bands, starts)
     finisher = TorchFinisher(norm, LoaderConfig(device="cpu", split="val"), torch.device("cpu"), SIZE)
     mid = (SIZE - 224) // 2
     expected = reference(crops, mean_planes(norm, SIZE), [(mid, mid)] * 3, [0] * 3, np.zeros((3, 3)), np.ones(3))
@@ -101,7 +111,8 @@ def test_torch_finisher_never_waits_for_its_device(split):
     the graph's shapes (mirror [B, 1], alphas [B, 1, 3]), and nothing is copied between host and device or read
     back (each would be a host sync per batch on CUDA)."""
     rng = np.random.default_rng(7)
-    crops, starts, mirrors, alphas, norm = random_case(rng, 4, 224, channel=False)
+    bands, starts, mirrors, alphas, norm = random_case(rng, 4, 224, channel=False)
+    crops = crops_of(bands, starts)
     meta = torch.device("meta")
     finisher = TorchFinisher(norm, LoaderConfig(device="cpu", split=split), meta, SIZE)
 
@@ -176,19 +187,30 @@ def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last
     """64-byte aligned outputs whose width 16 divides take the streaming path; any other output the plain loops.
     Both compute the same operations in the same order, so their results must agree to the bit."""
     rng = np.random.default_rng(crop + channel)
-    crops, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
+    bands, starts, mirrors, alphas, norm = random_case(rng, 6, crop, channel)
     shifts = (alphas @ lighting_basis(norm.eigval, norm.eigvec)).astype(np.float32)
     params = kernel_params(mean_planes(norm, SIZE), 1.0 / norm.std)
     layout = streaming.HWC if channels_last else streaming.CHW
-    for i in range(len(crops)):
+    for i in range(len(bands)):
         (streamed, streamed_view), (plain, plain_view) = (output_at(crop, channels_last, m) for m in (0, 4))
         assert streaming.stream_layout(streamed_view) == layout
         assert streaming.stream_layout(plain_view) == streaming.NOT_STREAMED
         for view in (streamed_view, plain_view):
-            finish_crop(view, crops[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i], params)
+            finish_crop(view, bands[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i], params)
         np.testing.assert_array_equal(streamed, plain)
-    expected = reference(crops[-1:], mean_planes(norm, SIZE), starts[-1:], mirrors[-1:], shifts[-1:], 1.0 / norm.std)
+    expected = reference(crops_of(bands[-1:], starts[-1:]), mean_planes(norm, SIZE), starts[-1:], mirrors[-1:], shifts[-1:], 1.0 / norm.std)
     np.testing.assert_allclose(streamed_view, expected[0], atol=1e-3)
+
+
+def test_kernel_refuses_a_band_that_is_not_the_whole_rows_of_the_crop():
+    """A crop-sized input (not whole rows) would be read at the wrong columns: it is refused."""
+    rng = np.random.default_rng(9)
+    bands, starts, _, _, norm = random_case(rng, 1, 224, channel=False)
+    params = kernel_params(mean_planes(norm, SIZE), 1.0 / norm.std)
+    out, shift = np.empty((3, 224, 224), np.float32), np.zeros(3, np.float32)
+    for wrong in (crops_of(bands, starts)[0], bands[0, :200]):
+        with pytest.raises(ValueError, match="whole width"):
+            finish_crop(out, np.ascontiguousarray(wrong), starts[0, 0], starts[0, 1], 0, shift, params)
 
 
 def test_streaming_needs_a_width_that_16_divides_and_a_dense_layout():
