@@ -108,14 +108,14 @@ def finish_crop(out, band, y, x, mirror, shift, params):  # pragma: no cover - c
     s0, s1, s2 = params.scale[0], params.scale[1], params.scale[2]
     rows = band.reshape((height, size * 3))
     flip = mirror != 0
+    layout = stream_layout(out)
+    if layout != NOT_STREAMED:
+        finish_streaming(out, layout, rows, base, y, x, flip, planes[0], a0, a1, a2, s0, s1, s2)
+        return
     side = 1 if flip else 0
     if flip:
         x = size - width - x
     mean = planes[side]
-    layout = stream_layout(out)
-    if layout != NOT_STREAMED:
-        finish_streaming(out, layout, rows, base, y, x, flip, mean, a0, a1, a2, s0, s1, s2)
-        return
     for r in range(height):
         m0, m1, m2 = mean[0, y + r, x : x + width], mean[1, y + r, x : x + width], mean[2, y + r, x : x + width]
         if flip:

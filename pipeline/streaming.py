@@ -4,7 +4,9 @@ A batch of float32 crops is larger than any cache, and an ordinary store first r
 output rows are 64-byte aligned and 16 pixels divide the width (crops 224, 128, ...; CHW or channels-last), 16
 pixels per channel are computed as one vector and streamed to memory. numba's loop vectorizer cannot emit streaming
 stores, so the 16-pixel step is LLVM IR through a numba intrinsic. It computes the same operations in the same order
-as the kernel's plain loop, so the results are bit-identical; other outputs take the plain loop.
+as the kernel's plain loop, so the results are bit-identical; other outputs take the plain loop. A mirrored step
+reads the unmirrored mean row and reverses the 16 values in registers, so that whatever the flips, only one copy of
+the mean image is read and competes with the decoder for the cache.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ _JIT = dict(nogil=True, boundscheck=False, cache=True)
 
 def _streaming_step(mirrored: bool, interleaved: bool):
     """16 pixels of one output row, all three channels: (src - mean + a) * scale, streamed to the output (64-byte
-    aligned). src: the crop row (uint8, 48 bytes read from `s_off`; in reverse pixel order when mirrored). The output
-    is three channel rows o0, o1, o2 at `o_off` (CHW), or, interleaved (channels-last), o0's row holds all three
-    channels and 48 floats go to it from `o_off`."""
+    aligned). src: the band row (uint8, 48 bytes read from `s_off`); m0, m1, m2: the unmirrored mean rows (16 floats
+    read from `m_off`); both in reverse pixel order when mirrored. The output is three channel rows o0, o1, o2 at
+    `o_off` (CHW), or, interleaved (channels-last), o0's row holds all three channels and 48 floats go to it from
+    `o_off`."""
 
     @intrinsic
     def step(typingctx, src, s_off, m0, m1, m2, m_off, o0, o1, o2, o_off, a0, a1, a2, k0, k1, k2):  # pragma: no cover
@@ -54,6 +57,8 @@ def _streaming_step(mirrored: bool, interleaved: bool):
                 order = [3 * (15 - k) + c for k in range(16)] if mirrored else [3 * k + c for k in range(16)]
                 channel = shuffle(pixels, ir.Constant(bytes48, ir.Undefined), order)
                 mean = builder.load(builder.bitcast(builder.gep(data(2 + c), [args[5]]), floats16.as_pointer()), align=4)
+                if mirrored:
+                    mean = shuffle(mean, ir.Constant(floats16, ir.Undefined), list(range(15, -1, -1)))
                 value = builder.fsub(builder.uitofp(channel, floats16), mean)
                 channels.append(builder.fmul(builder.fadd(value, splat(args[10 + c])), splat(args[13 + c])))
             if not interleaved:
@@ -108,18 +113,21 @@ def stream_layout(out) -> int:  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def finish_streaming(out, layout, rows, base, y, x, flip, mean, a0, a1, a2, s0, s1, s2):  # pragma: no cover - compiled
+    """`finish_crop`'s streamed rows: `rows` [h, 3S] the band (the crop from byte `base`), (y, x) the crop's window,
+    `mean` [3, S, S] the unmirrored mean planes."""
     width = out.shape[2]
     for r in range(out.shape[1]):
         m0, m1, m2, src = mean[0, y + r], mean[1, y + r], mean[2, y + r], rows[r]
         o0, o1, o2 = out[0, r], out[1, r], out[2, r]
         for j in range(0, width, 16):
             s_off = base + (3 * (width - 16 - j) if flip else 3 * j)
+            m_off = x + width - 16 - j if flip else x + j
             if layout == CHW and flip:
-                _stream_chw_mirrored(src, s_off, m0, m1, m2, x + j, o0, o1, o2, j, a0, a1, a2, s0, s1, s2)
+                _stream_chw_mirrored(src, s_off, m0, m1, m2, m_off, o0, o1, o2, j, a0, a1, a2, s0, s1, s2)
             elif layout == CHW:
-                _stream_chw(src, s_off, m0, m1, m2, x + j, o0, o1, o2, j, a0, a1, a2, s0, s1, s2)
+                _stream_chw(src, s_off, m0, m1, m2, m_off, o0, o1, o2, j, a0, a1, a2, s0, s1, s2)
             elif flip:
-                _stream_hwc_mirrored(src, s_off, m0, m1, m2, x + j, o0, o1, o2, 3 * j, a0, a1, a2, s0, s1, s2)
+                _stream_hwc_mirrored(src, s_off, m0, m1, m2, m_off, o0, o1, o2, 3 * j, a0, a1, a2, s0, s1, s2)
             else:
-                _stream_hwc(src, s_off, m0, m1, m2, x + j, o0, o1, o2, 3 * j, a0, a1, a2, s0, s1, s2)
+                _stream_hwc(src, s_off, m0, m1, m2, m_off, o0, o1, o2, 3 * j, a0, a1, a2, s0, s1, s2)
     _store_fence()

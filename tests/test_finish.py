@@ -198,7 +198,9 @@ def test_streaming_stores_give_the_plain_loops_bits(crop, channel, channels_last
         for view in (streamed_view, plain_view):
             finish_crop(view, bands[i], starts[i, 0], starts[i, 1], mirrors[i], shifts[i], params)
         np.testing.assert_array_equal(streamed, plain)
-    expected = reference(crops_of(bands[-1:], starts[-1:]), mean_planes(norm, SIZE), starts[-1:], mirrors[-1:], shifts[-1:], 1.0 / norm.std)
+    last = slice(len(bands) - 1, None)
+    expected = reference(crops_of(bands[last], starts[last]), mean_planes(norm, SIZE), starts[last], mirrors[last],
+                         shifts[last], 1.0 / norm.std)  # fmt: skip
     np.testing.assert_allclose(streamed_view, expected[0], atol=1e-3)
 
 
