@@ -4,7 +4,7 @@ Why a kernel of our own: on the CPU, DALI's `crop_mirror_normalize` (flip + HWC-
 for the mean image's window cost more than decoding the crop. This pass reads each uint8 pixel once, subtracts the
 mean image at the crop's window, adds the lighting shift (`pipeline.lighting`), scales, flips and transposes, and
 writes float32. It runs inside the graph through DALI's numba plugin, so DALI's worker threads run it per sample
-right after the decode, while the crop is still in cache, and no third thread competes for the cores.
+once the batch is decoded, and no third thread competes for the cores.
 
 The kernel takes the crop's whole rows (a band of the image, `pipeline.windows.band_window`) and reads the crop's
 columns itself: DALI's CPU decoder crops columns by copying every decoded row once more, a copy whose speed
