@@ -10,10 +10,11 @@ The kernel takes the crop's whole rows (a band of the image, `pipeline.windows.b
 columns itself: DALI's CPU decoder crops columns by copying every decoded row once more, a copy whose speed
 depended on where the decoder's buffers happened to lie, and so differed between threads and processes.
 
-Flips without a flipped read of the mean: output column j of a mirrored crop is source column w-1-j, whose mean
-value sits at column S-w-x+j of the mirrored mean image, so the mean row and the output row are both walked
-forwards and only the uint8 source is read backwards. Backward indices are unsigned: numba adds a negative-index
-wraparound test to signed computed indices, which keeps LLVM from vectorizing the loop.
+Flips in the plain loops, without a flipped read of the mean: output column j of a mirrored crop is source column
+w-1-j, whose mean value sits at column S-w-x+j of the mirrored mean image, so the mean row and the output row are
+both walked forwards and only the uint8 source is read backwards. Backward indices are unsigned: numba adds a
+negative-index wraparound test to signed computed indices, which keeps LLVM from vectorizing the loop. (The streamed
+rows of `pipeline.streaming` reverse the plain mean in registers instead.)
 No fastmath: the CHW and channels-last layouts must round alike.
 
 Where the output allows it, rows are written with streaming stores (`pipeline.streaming`).
