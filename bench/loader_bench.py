@@ -4,15 +4,15 @@
     python bench/loader_bench.py --synthetic          # the same on generated images, to see how figures differ
     python bench/loader_bench.py shards/ --seconds 30 --rounds 6 --threads 2
 
-Measures, in one run and on the same cores (train split, random crop_size crops, flips, PCA lighting,
-mean-image subtraction, float32 NCHW batches):
+Measures, in one run, on the same cores and in interleaved rounds that start every contender afresh (train split,
+random crop_size crops, flips, PCA lighting, mean-image subtraction, float32 NCHW batches):
   (a) ours: ImageNetLoader in CPU mode with `--threads` DALI threads;
   (b) baseline: webdataset + PIL decode + NumPy/torch augmentations in a torch DataLoader with `--threads` workers;
   (d) peer: the graph of DALI's own ImageNet example (bench/dali_example.py), same shards, crop, threads, batch;
   (c) the limit: libjpeg-turbo (simplejpeg) decoding the same 256x256 JPEGs at full size, nothing else, in
       `--threads` processes over the tar members already in memory.
 Batches are consumed as a training loop consumes them (the previous batch alive while the next is made), and the
-script prints images/s and images per CPU-second (this process's threads plus its child processes, from /proc: the
+script prints images/s and images per CPU-second (this process's threads plus its descendant processes, from /proc: the
 figure to trust when other jobs share the machine), ours/baseline (target >= 3x), ours/DALI example (target >=
 1.25x) and ours/limit (target >= 80%).
 """
@@ -41,6 +41,11 @@ from samples import benchmark_build  # noqa: E402
 
 from pipeline import ImageNetLoader  # noqa: E402
 from pipeline.contract import load_manifest, load_mean_image, load_stats  # noqa: E402
+
+# Worker processes start from a fork server that exists before any ImageNetLoader: forked from this process once a
+# loader exists, they would inherit its malloc settings (pipeline/allocator.py), and the baseline and the limit are
+# measured as users run them.
+CLEAN = multiprocessing.get_context("forkserver")
 
 
 def cpu_seconds() -> float:
@@ -92,11 +97,6 @@ def forever(make_iterable):
 
 # (a) ours ------------------------------------------------------------------------------------------------------------
 
-
-# Worker processes start from a fork server that exists before any ImageNetLoader: forked from this process once a
-# loader exists, they would inherit its malloc settings (pipeline/allocator.py), and the baseline and the limit are
-# measured as users run them.
-CLEAN = multiprocessing.get_context("forkserver")
 
 PAGE_FAULTS = []  # ours: minor page faults per image in each round (all of its work happens in this process)
 
