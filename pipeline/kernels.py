@@ -169,17 +169,12 @@ def _run_hwc(out, band, start, mirror, alphas, handle):  # pragma: no cover - co
 
 def _shape_function(layout: str, width: int):
     """The operator's output shapes: the input's rows, `width` columns, 3 channels in `layout`."""
-    if layout == "CHW":
+    chw = layout == "CHW"
 
-        def shape(outs, ins):  # pragma: no cover - compiled by the plugin
-            for i in range(len(outs[0])):
-                outs[0][i][0], outs[0][i][1], outs[0][i][2] = 3, ins[0][i][0], width
-
-    else:
-
-        def shape(outs, ins):  # pragma: no cover - compiled by the plugin
-            for i in range(len(outs[0])):
-                outs[0][i][0], outs[0][i][1], outs[0][i][2] = ins[0][i][0], width, 3
+    def shape(outs, ins):  # pragma: no cover - compiled by the plugin
+        for i in range(len(outs[0])):
+            rows = ins[0][i][0]
+            outs[0][i][0], outs[0][i][1], outs[0][i][2] = (3, rows, width) if chw else (rows, width, 3)
 
     return shape
 
