@@ -1,6 +1,7 @@
 """Non-temporal (streaming) stores for the CPU kernel's output rows.
 
-A batch of float32 crops is larger than any cache, and an ordinary store first reads the line it writes. Where the
+The crops are written once and read only later, by the training step: an ordinary store first reads the line
+it writes and leaves it in the cache, evicting the decoder's working set for data nobody reads soon. Where the
 output rows are 64-byte aligned and 16 pixels divide the width (crops 224, 128, ...; CHW or channels-last), 16
 pixels per channel are computed as one vector and streamed to memory. numba's loop vectorizer cannot emit streaming
 stores, so the 16-pixel step is LLVM IR through a numba intrinsic. It computes the same operations in the same order
