@@ -32,6 +32,7 @@ from samples import sample_build  # noqa: E402
 from pipeline import ImageNetLoader  # noqa: E402
 from pipeline.contract import load_manifest  # noqa: E402
 from trainer.model import build_model  # noqa: E402
+from trainer.train import sgd  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -121,7 +122,7 @@ def main() -> None:
                             crop_size=args.crop_size, num_threads=args.threads, seed=0, rank=0, world_size=1)  # fmt: skip
     model = build_model("alexnet", load_manifest(root).num_classes).to(args.device)
     model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)  # the trainer's
 
     it = batches(loader)
     alone = loader_rate(it, args.steps, args.device)

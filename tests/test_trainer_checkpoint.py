@@ -118,6 +118,45 @@ class _Sched:
     def state_dict(self):
         return {"kind": "cosine"}
 
+    def load_state_dict(self, state):
+        assert state == {"kind": "cosine"}
+
+
+class _Loader:
+    def state_dict(self):
+        return {"epoch": 0, "batches": 1}
+
+    def load_state_dict(self, state):
+        assert state == {"epoch": 0, "batches": 1}
+
+
+def test_restore_keeps_the_runs_fused_optimizer_over_an_older_unfused_checkpoint(tmp_path):
+    """A checkpoint's optimizer state carries the flags it was saved with. Restored into the trainer's fused SGD, an
+    older, unfused state must not turn it back: a GradScaler (fp16) cannot step unfused groups of a fused optimizer."""
+    from pipeline import DistInfo
+    from trainer import state as st
+    from trainer.train import sgd
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    older = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # as the trainer made it before it fused
+    model(torch.randn(8, 4)).square().mean().backward()
+    older.step()
+    objs = st.TrainObjects(model, older, _Sched(), torch.amp.GradScaler("cpu", enabled=True), _Loader(),
+                           st.Progress(0, 1), {"arch": "x"})  # fmt: skip
+    path = st.save(objs, DistInfo(), str(tmp_path), keep=1)
+
+    fused, scaler = sgd(model.parameters(), 0.1, 0.9, 0.0), torch.amp.GradScaler("cpu", enabled=True)
+    st.restore(st.TrainObjects(model, fused, _Sched(), scaler, _Loader(), st.Progress(), {"arch": "x"}),
+               load_checkpoint(path), DistInfo())  # fmt: skip
+    assert all(group["fused"] for group in fused.param_groups)
+    assert torch.equal(fused.state[model.weight]["momentum_buffer"], older.state[model.weight]["momentum_buffer"])
+    before = model.weight.detach().clone()
+    scaler.scale(model(torch.randn(8, 4)).square().mean()).backward()
+    scaler.step(fused)
+    assert not torch.equal(model.weight, before)  # the step was taken, unscaled by the fused kernel
+    assert model.weight.sub(before).abs().max() < 1.0
+
 
 def test_rng_roundtrip():
     import random

@@ -14,7 +14,7 @@ from trainer.config import TrainConfig
 from trainer.loop import Progress, StepContext, evaluate, train_one_epoch
 from trainer.model import build_model
 from trainer.schedule import LRSchedule
-from trainer.train import resolve_features
+from trainer.train import resolve_features, sgd
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -63,16 +63,18 @@ class SyncCounted:
 
 
 @needs_gpu
-@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16, torch.float16])
 def test_cuda_steps_and_evaluation_queue_without_a_host_sync(amp_dtype):
+    """fp16 steps through the GradScaler, which the trainer's fused SGD lets step without reading its inf check."""
     device, classes, steps = "cuda:0", 3, 6
     torch.manual_seed(0)
     model = build_model("alexnet-bn", classes, width=0.0625).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     batches = [(x.to(device), y.to(device)) for x, y in colour_batches("learnable", steps=steps, batch=4)]
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     ctx = StepContext(opt, LRSchedule(opt, kind="cosine", base_lr=0.01, total_steps=100, steps_per_epoch=steps),
-                      torch.amp.GradScaler("cuda", enabled=False), DistInfo(device=device), classes, amp_dtype,
-                      channels_last=True, log_interval=100)  # fmt: skip
+                      scaler, DistInfo(device=device), classes, amp_dtype, channels_last=True,
+                      log_interval=100)  # fmt: skip
     train = SyncCounted(batches)
     assert train_one_epoch(model, train, ctx, Progress())["steps"] == steps and train.syncs == []
     val = SyncCounted(batches[:3])

@@ -16,6 +16,7 @@ from trainer.loop import Progress, StepContext, count_into, evaluate, train_one_
 from trainer.metrics import MetricsWriter, read_metrics
 from trainer.model import build_model
 from trainer.schedule import LRSchedule
+from trainer.train import sgd
 
 
 def _train(kind, tmp_path, *, arch="alexnet-bn", lr=0.1, steps=60, chance_steps=20, classes=3):
@@ -87,19 +88,23 @@ def test_loss_above_chance_and_collapsed_val_count_as_chance():
     assert not d2.observe_val(spread) and d2.observe_val(torch.tensor([0.0, 50.0] + [0.0] * 8)) and d2.fired == 1
 
 
-def test_training_steps_and_evaluation_queue_without_a_host_sync(tmp_path):
+@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "fp16-grad-scaler"])
+def test_training_steps_and_evaluation_queue_without_a_host_sync(tmp_path, scaled):
     """Between log intervals a step must only queue work: no value read back, no tensor built from host data. Here on
-    CPU tensors, the calls that would make the CPU wait for a CUDA GPU are recorded (from the second batch on)."""
+    CPU tensors, the calls that would make the CPU wait for a CUDA GPU are recorded (from the second batch on). With
+    the GradScaler that fp16 runs use, the trainer's optimizer must take the scaler's inf check on the device."""
     torch.manual_seed(0)
     classes, steps = 3, 6
     model = build_model("alexnet-bn", classes, width=0.0625)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = sgd(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     recorder = HostSyncRecorder()
     loader = StandInLoader(colour_batches("learnable", steps=steps, batch=4))
+    scaler = torch.amp.GradScaler("cpu", enabled=scaled)  # stands in for CUDA's: the same code path
     ctx = StepContext(opt, LRSchedule(opt, kind="cosine", base_lr=0.01, total_steps=100, steps_per_epoch=steps),
-                      torch.amp.GradScaler("cuda", enabled=False), DistInfo(), classes, log_interval=100)
+                      scaler, DistInfo(), classes, log_interval=100)
     stats = train_one_epoch(model, _Recorded(loader, recorder), ctx, Progress())
     assert stats["steps"] == steps and recorder.calls == []
+    assert not scaled or scaler.get_scale() == 2.0**16  # no step found an inf: every step was taken
     val_recorder = HostSyncRecorder()
     val = _Recorded(colour_batches("learnable", steps=3, batch=5), val_recorder)
     result = evaluate(model, val, info=DistInfo(), num_classes=classes)

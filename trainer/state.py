@@ -151,9 +151,14 @@ def _require_same(info: DistInfo, seen: str, what: str) -> None:
 
 def restore(objs: TrainObjects, state: dict[str, Any], info: DistInfo) -> None:
     """Puts model, optimizer, schedule, scaler, progress, RNGs and the loader back as they were saved."""
+    # How the optimizer runs (fused or not) is this run's choice, and loading a state would bring back the flags it
+    # was saved with: an older checkpoint's unfused groups under the GradScaler of a fused optimizer fail to step.
+    how = {flag: objs.optimizer.defaults[flag] for flag in ("fused", "foreach") if flag in objs.optimizer.defaults}
     try:
         objs.model.load_state_dict(state["model"])
         objs.optimizer.load_state_dict(state["optimizer"])
+        for group in objs.optimizer.param_groups:
+            group.update(how)
         objs.schedule.load_state_dict(state["schedule"])
         objs.scaler.load_state_dict(state["scaler"])
     except (KeyError, RuntimeError, ValueError) as e:
