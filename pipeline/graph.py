@@ -95,8 +95,7 @@ def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normaliza
         mid = center_start(size, crop)
         if plan.finisher == TORCH:
             return decode_window(jpegs, [mid, mid], [crop, crop], decoder), ()  # the TorchFinisher's defaults
-        bands = decode_window(jpegs, *band_window([mid, mid], crop, size), decoder)
-        return finish_in_graph(bands, start=[mid, mid], width=crop, params=params, layout=plan.layout), ()
+        return _finished_by_kernel(jpegs, [mid, mid], crop, size, params, plan.layout), ()
     alphas = draw_alphas(cfg.lighting_std) if plan.lighting else None
     if plan.window == "random_resized":
         mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
@@ -109,9 +108,14 @@ def augmented_images(jpegs, plan: FinishPlan, cfg: LoaderConfig, norm: Normaliza
     if plan.finisher == TORCH:
         crops = decode_window(jpegs, start, shape, decoder)  # -> uint8 HWC window
         return crops, tuple(node.gpu() for node in (start_node(start), mirror, alphas) if node is not None)
-    bands = decode_window(jpegs, *band_window(start, crop, size), decoder)
-    return finish_in_graph(bands, start=start, width=crop, mirror=mirror, alphas=alphas, params=params,
-                           layout=plan.layout), ()  # fmt: skip
+    return _finished_by_kernel(jpegs, start, crop, size, params, plan.layout, mirror=mirror, alphas=alphas), ()
+
+
+def _finished_by_kernel(jpegs, start, crop: int, size: int, params, layout: str, *, mirror=None, alphas=None):
+    """The KERNEL finisher's crops (CPU graphs only): the decoder gives each crop's whole rows (`band_window`) and
+    the kernel takes the crop's columns from them. -> float32 [3, crop, crop] (or HWC)"""
+    bands = decode_window(jpegs, *band_window(start, crop, size), "cpu")
+    return finish_in_graph(bands, start=start, width=crop, mirror=mirror, alphas=alphas, params=params, layout=layout)
 
 
 def build_pipeline(shards: ShardSet, cfg: LoaderConfig, norm: Normalization, dist: DistInfo, checkpoint=None):

@@ -95,10 +95,6 @@ def test_t5_only_rank0_writes(tmp_path, monkeypatch):
     from pipeline import DistInfo
     from trainer import state as st
 
-    class _Loader:
-        def state_dict(self):
-            return {"epoch": 0, "batches": 1}
-
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     objs = st.TrainObjects(model, opt, _Sched(), torch.amp.GradScaler("cuda", enabled=False), _Loader(),
